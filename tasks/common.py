@@ -1,0 +1,128 @@
+"""What every task family shares: the example schema, stable ids, hashed splits, registration.
+
+Every example a task emits has the text fields of SPEC §0 -- `inputs`, `targets`,
+`answer_choices` (empty for generative tasks), `task`, `template`, `example_id` -- and, after
+the task's preprocessors, the token ids `inputs` / `targets` with the text kept as
+`inputs_pretokenized` / `targets_pretokenized`.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Iterable, Mapping, Sequence
+
+import seqio
+import tensorflow as tf
+
+from tasks.vocab import VOCABULARY
+
+SPLITS = ("train", "validation", "test")
+TEXT_FIELDS = ("inputs", "targets", "task", "template", "example_id")
+
+OUTPUT_FEATURES = {
+    "inputs": seqio.Feature(vocabulary=VOCABULARY, add_eos=True, required=True),
+    "targets": seqio.Feature(vocabulary=VOCABULARY, add_eos=True),
+}
+
+OUTPUT_SIGNATURE = {
+    **{name: tf.TensorSpec(shape=(), dtype=tf.string) for name in TEXT_FIELDS},
+    "answer_choices": tf.TensorSpec(shape=(None,), dtype=tf.string),
+}
+
+ExamplesFn = Callable[[str], Iterable[Mapping[str, object]]]
+
+
+def example_id(task: str, split: str, template: str, index: int) -> str:
+    """The stable id of SPEC §0: "task|split|template|#index"."""
+    return f"{task}|{split}|{template}|#{index}"
+
+
+def hashed_split(key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: str = "") -> str:
+    """Assigns `key` to train/validation/test by hashing, so the split never depends on order.
+
+    Args:
+      key: a stable identifier of the raw example (not of a prompted variant of it, so all
+        templates of one example land in the same split).
+      fractions: shares of train, validation and test; must sum to 1.
+      salt: changes the assignment without changing the fractions.
+    """
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative shares summing to 1: {fractions}")
+    digest = hashlib.sha256(f"{salt}{key}".encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < fractions[0]:
+        return "train"
+    if u < fractions[0] + fractions[1]:
+        return "validation"
+    return "test"
+
+
+def make_example(*, inputs: str, targets: str, answer_choices: Sequence[str], task: str,
+                 template: str, example_id: str) -> dict:  # pylint: disable=redefined-outer-name
+    """One example in the schema of SPEC §0 (plain Python strings)."""
+    return {
+        "inputs": inputs,
+        "targets": targets,
+        "answer_choices": list(answer_choices),
+        "task": task,
+        "template": template,
+        "example_id": example_id,
+    }
+
+
+def dataset_from_examples(examples_fn: ExamplesFn, split: str) -> tf.data.Dataset:
+    """A tf.data pipeline over the Python examples of one split."""
+    return tf.data.Dataset.from_generator(lambda: iter(examples_fn(split)),
+                                          output_signature=OUTPUT_SIGNATURE)
+
+
+def register_task(name: str, examples_fn: ExamplesFn, *,
+                  num_examples: Callable[[str], int] | None = None,
+                  metric_fns: Sequence[Callable] = (),
+                  splits: Sequence[str] = SPLITS) -> seqio.Task:
+    """Registers a seqio Task over `examples_fn(split)`, replacing any task of that name.
+
+    The task tokenizes `inputs` and `targets` with the project vocabulary and appends EOS;
+    the other fields pass through, so the pretokenized text stays available downstream.
+    """
+    source = seqio.FunctionDataSource(
+        dataset_fn=lambda split, shuffle_files, seed=None: dataset_from_examples(examples_fn, split),
+        splits=tuple(splits),
+        num_input_examples=_LazyCounts(num_examples, splits) if num_examples else None,
+    )
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    return seqio.TaskRegistry.add(
+        name,
+        source=source,
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        output_features=OUTPUT_FEATURES,
+        metric_fns=list(metric_fns),
+    )
+
+
+def register_mixture(name: str, task_names: Sequence[str],
+                     rate: float | Callable[[seqio.Task], float] = 1.0) -> seqio.Mixture:
+    """Registers a seqio Mixture, replacing any mixture of that name."""
+    if name in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(name)
+    return seqio.MixtureRegistry.add(name, [(t, rate) for t in task_names])
+
+
+class _LazyCounts(dict):
+    """Counts per split, computed on first access so importing a task module stays cheap."""
+
+    def __init__(self, count_fn: Callable[[str], int], splits: Sequence[str]):
+        super().__init__()
+        self._count_fn = count_fn
+        self._splits = tuple(splits)
+
+    def __getitem__(self, split: str) -> int:
+        if not dict.__contains__(self, split):
+            dict.__setitem__(self, split, self._count_fn(split))
+        return dict.__getitem__(self, split)
+
+    def __contains__(self, split: object) -> bool:
+        return split in self._splits
+
+    def get(self, split, default=None):
+        return self[split] if split in self else default
