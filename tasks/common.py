@@ -70,9 +70,13 @@ def make_example(*, inputs: str, targets: str, answer_choices: Sequence[str], ta
 
 
 def dataset_from_examples(examples_fn: ExamplesFn, split: str) -> tf.data.Dataset:
-    """A tf.data pipeline over the Python examples of one split."""
-    return tf.data.Dataset.from_generator(lambda: iter(examples_fn(split)),
-                                          output_signature=OUTPUT_SIGNATURE)
+    """A tf.data pipeline over the Python examples of one split.
+
+    The examples are read when the dataset is built, not inside tf.data, so a missing file or
+    a malformed line raises its `UserError` in the caller instead of a wrapped TF error.
+    """
+    rows = list(examples_fn(split))
+    return tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=OUTPUT_SIGNATURE)
 
 
 def register_task(name: str, examples_fn: ExamplesFn, *,

@@ -1,0 +1,125 @@
+"""Looking at registered SeqIO data: list tasks and mixtures, show examples, summarise lengths.
+
+This is what `recross data ...` runs. Tasks are registered by importing `tasks.*` modules (the
+CLI does that by name), so nothing here imports `tasks/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from recross_jax.errors import UserError
+
+PERCENTILES = (50, 90, 99, 100)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskStats:
+    """Size and token lengths of one task's split."""
+    task: str
+    examples: int
+    inputs_percentiles: tuple[int, ...]
+    targets_percentiles: tuple[int, ...]
+    with_choices: int
+
+
+def list_names(mixtures: bool = False) -> list[str]:
+    """Names of the registered tasks, or of the registered mixtures."""
+    import seqio  # pylint: disable=import-outside-toplevel
+    registry = seqio.MixtureRegistry if mixtures else seqio.TaskRegistry
+    return sorted(registry.names())
+
+
+def get_provider(name: str):
+    """The registered task or mixture `name`, or a UserError pointing at `recross data list`."""
+    import seqio  # pylint: disable=import-outside-toplevel
+    if name in seqio.TaskRegistry.names():
+        return seqio.TaskRegistry.get(name)
+    if name in seqio.MixtureRegistry.names():
+        return seqio.MixtureRegistry.get(name)
+    raise UserError(f"unknown task or mixture: {name!r} (see `recross data list [--mixtures]`)")
+
+
+def tasks_of(name: str) -> list:
+    """The tasks of a mixture, or the task itself as a one-element list."""
+    provider = get_provider(name)
+    return list(getattr(provider, "tasks", [provider]))
+
+
+def iter_examples(task, split: str) -> Iterator[dict]:
+    """Tokenized examples of one task's split as Python values (strings decoded, ids as lists)."""
+    if split not in task.splits:
+        raise UserError(f"task {task.name!r} has no split {split!r} (it has: {', '.join(task.splits)})")
+    dataset = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False)
+    for example in dataset.as_numpy_iterator():
+        yield {key: _to_python(value) for key, value in example.items()}
+
+
+def show(name: str, n: int, split: str = "train") -> list[dict]:
+    """The first `n` examples of a task (of each task, in order, for a mixture; `n` overall)."""
+    if n < 1:
+        raise UserError(f"-n must be at least 1, got {n}")
+    shown = []
+    for task in tasks_of(name):
+        shown.extend(itertools.islice(iter_examples(task, split), n - len(shown)))
+        if len(shown) >= n:
+            break
+    return shown
+
+
+def stats(name: str, split: str = "train", max_examples_per_task: int | None = None,
+          progress: bool = True) -> list[TaskStats]:
+    """Examples per task and token-length percentiles (50/90/99/max) of inputs and targets."""
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    result = []
+    for task in tqdm(tasks_of(name), desc=f"stats {name}", unit="task", disable=not progress):
+        examples = itertools.islice(iter_examples(task, split), max_examples_per_task)
+        inputs_len, targets_len, with_choices = [], [], 0
+        for example in examples:
+            inputs_len.append(len(example["inputs"]))
+            targets_len.append(len(example["targets"]))
+            with_choices += bool(example.get("answer_choices"))
+        result.append(TaskStats(task.name, len(inputs_len), _percentiles(inputs_len),
+                                _percentiles(targets_len), with_choices))
+    return result
+
+
+def format_stats(rows: Sequence[TaskStats]) -> str:
+    """A plain-text table of `stats` rows with a total line."""
+    header = ("task", "examples", "mc", "inputs p50/p90/p99/max", "targets p50/p90/p99/max")
+    lines = [(r.task, str(r.examples), str(r.with_choices), "/".join(map(str, r.inputs_percentiles)),
+              "/".join(map(str, r.targets_percentiles))) for r in rows]
+    total = sum(r.examples for r in rows)
+    lines.append((f"TOTAL ({len(rows)} tasks)", str(total), str(sum(r.with_choices for r in rows)), "", ""))
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    fmt = lambda row: "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])
+
+
+def format_example(example: dict) -> str:
+    """A readable multi-line rendering of one example's text fields."""
+    lines = [f"[{example['example_id']}]  task={example['task']}  template={example['template']}",
+             f"  inputs : {example.get('inputs_pretokenized', example['inputs'])}",
+             f"  targets: {example.get('targets_pretokenized', example['targets'])}"]
+    if example.get("answer_choices"):
+        lines.append(f"  choices: {' ||| '.join(example['answer_choices'])}")
+    return "\n".join(lines)
+
+
+def _percentiles(values: list[int]) -> tuple[int, ...]:
+    if not values:
+        return tuple(0 for _ in PERCENTILES)
+    return tuple(int(np.percentile(values, p, method="higher")) for p in PERCENTILES)
+
+
+def _to_python(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OS":
+            return [v.decode("utf-8") if isinstance(v, bytes) else v for v in value.tolist()]
+        return value.tolist()
+    return value
