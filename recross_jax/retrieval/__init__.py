@@ -1,0 +1,1 @@
+"""Retrieval: pool embedding, sentence embedders, indexes and query aggregation."""
