@@ -95,3 +95,28 @@ def test_embed_sorted_restores_order():
     lengths = [5, 1, 3, 2, 4]
     out = embed.embed_sorted(lengths, 2, lambda idx: np.asarray(lengths)[idx][:, None] * 1.0)
     np.testing.assert_array_equal(out[:, 0], lengths)
+
+
+def test_t5_encoder_embedder_matches_direct_mean_pool():
+    import flax.linen as nn
+    import jax
+    from recross_jax import partitioning
+    from recross_jax.models import t5
+
+    config = t5.T5Config(vocab_size=64, dtype="float32", emb_dim=16, num_heads=2, num_encoder_layers=1,
+                         num_decoder_layers=1, head_dim=8, mlp_dim=32, dropout_rate=0.0)
+    model = t5.Transformer(config)
+    dummy = np.ones((1, 4), np.int32)
+    params = jax.tree_util.tree_map(
+        np.asarray, nn.unbox(model.init(jax.random.PRNGKey(0), dummy, dummy, dummy))["params"])
+    tokenize = lambda text: [3 + (ord(c) % 60) for c in text]  # noqa: E731
+    texts = ["a", "hello world", "x" * 40, "mid length text"]
+    mesh = partitioning.create_mesh(num_partitions=2) if jax.device_count() >= 8 else None
+    embedder = embed.T5EncoderEmbedder(config, params, tokenize, eos_id=1, description={"kind": "t5"},
+                                       max_length=32, batch_size=3, mesh=mesh)
+    got = embedder([{"inputs": t} for t in texts])
+    assert got.shape == (4, 16)
+    for text, vector in zip(texts, got):
+        ids = np.asarray([(tokenize(text)[:31] + [1])], np.int32)
+        hidden = model.apply({"params": params}, ids, method=t5.Transformer.encode)
+        np.testing.assert_allclose(vector, np.asarray(hidden).mean(axis=1)[0], atol=2e-5)

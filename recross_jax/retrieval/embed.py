@@ -173,3 +173,63 @@ def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
     iterator = iter(rows)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+class T5EncoderEmbedder:
+    """SPEC §1.2: the upstream model's last encoder layer, mean-pooled over non-padding tokens.
+
+    Rows are tokenized from their `inputs` text (trimmed to `max_length - 1`, then EOS
+    appended, as seqio's `append_eos_after_trim` does),
+    sorted by length and run in fixed-size batches padded to power-of-two lengths, so the
+    jitted encoder compiles once per length bucket. The batch is sharded over the mesh's
+    `data` axis and the parameters by the model's logical axis rules.
+    """
+
+    def __init__(self, config, params, tokenize: Callable[[str], Sequence[int]], eos_id: int,
+                 description: dict, max_length: int = 512, batch_size: int = 64, mesh=None):
+        import jax  # pylint: disable=import-outside-toplevel
+        from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
+        from recross_jax.models import t5  # pylint: disable=import-outside-toplevel
+        self.description = description
+        self.tokenize = tokenize
+        self.eos_id = eos_id
+        self.max_length = max_length
+        self.mesh = mesh or partitioning.create_mesh()
+        data_size = self.mesh.shape["data"]
+        self.batch_size = -(-batch_size // data_size) * data_size
+        model = t5.Transformer(config)
+        dummy = np.ones((1, 1), np.int32)
+        boxed = jax.eval_shape(lambda rng: model.init(rng, dummy, dummy, dummy), jax.random.PRNGKey(0))
+        param_shardings = partitioning.param_shardings(boxed["params"], self.mesh)
+        self.params = jax.device_put(params, param_shardings)
+        self._batch_sharding = partitioning.batch_sharding(self.mesh)
+
+        def encode(params, tokens):
+            hidden = model.apply({"params": params}, tokens, method=t5.Transformer.encode)
+            return mean_pool(hidden.astype(np.float32), tokens)
+
+        self._encode = jax.jit(encode, in_shardings=(param_shardings, self._batch_sharding),
+                               out_shardings=self._batch_sharding)
+
+    def __call__(self, rows: Sequence[dict]) -> np.ndarray:
+        return self.embed_texts([row["inputs"] for row in rows])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors [len(texts), emb_dim] in the order of `texts`."""
+        token_lists = [self._tokens(text) for text in texts]
+        return embed_sorted([len(t) for t in token_lists], self.batch_size,
+                            lambda indices: self._embed_batch([token_lists[i] for i in indices]))
+
+    def _tokens(self, text: str) -> list[int]:
+        return list(self.tokenize(text))[:self.max_length - 1] + [self.eos_id]
+
+    def _embed_batch(self, token_lists: list[list[int]]) -> np.ndarray:
+        import jax  # pylint: disable=import-outside-toplevel
+        from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
+        length = bucket_length(max(len(t) for t in token_lists), self.max_length)
+        tokens = np.zeros((self.batch_size, length), np.int32)
+        for i, ids in enumerate(token_lists):
+            tokens[i, :len(ids)] = ids
+        with partitioning.activate(self.mesh):
+            vectors = self._encode(self.params, jax.device_put(tokens, self._batch_sharding))
+        return np.asarray(vectors)[:len(token_lists)]
