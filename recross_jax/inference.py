@@ -260,9 +260,18 @@ def _beam_search_fn(model: nn.Module, params: Params, inputs: Array, *, beam_siz
 # Host side: placement, compilation cache, fixed-shape batches.
 
 
+def param_shardings(model: nn.Module, mesh: Mesh,
+                    rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES) -> Any:
+    """`NamedSharding`s of the model's (unboxed) parameters, from its logical axis names.
+
+    Restoring a checkpoint onto these (`checkpoints.restore_model(..., shardings=...)`) puts
+    the parameters where the functions below want them, without a copy.
+    """
+    return _param_shardings(model, mesh, tuple(tuple(rule) for rule in rules))
+
+
 @functools.lru_cache(maxsize=None)
 def _param_shardings(model: nn.Module, mesh: Mesh, rules: tuple) -> Any:
-    """`NamedSharding`s of the model's (unboxed) parameters, from its logical axis names."""
     dummy = jnp.ones((1, 1), jnp.int32)
     boxed = jax.eval_shape(functools.partial(model.init, enable_dropout=False),
                            jax.random.PRNGKey(0), dummy, dummy, dummy)
