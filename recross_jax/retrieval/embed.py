@@ -73,8 +73,9 @@ def build_pool(rows: Iterable[dict], embedder: Embedder, out_dir: str, shard_siz
     return manifest
 
 
-def load_pool(pool_dir: str, expect: dict | None = None) -> tuple[np.ndarray, list[dict], dict]:
-    """Loads a complete pool: (vectors [n, d], rows, manifest).
+def load_pool(pool_dir: str, expect: dict | None = None,
+              with_vectors: bool = True) -> tuple[np.ndarray | None, list[dict], dict]:
+    """Loads a complete pool: (vectors [n, d] or None without `with_vectors`, rows, manifest).
 
     `expect` holds manifest entries (e.g. {"embedder": {...}, "dims": 512}) that must match.
     """
@@ -87,9 +88,12 @@ def load_pool(pool_dir: str, expect: dict | None = None) -> tuple[np.ndarray, li
             raise UserError(f"embedding pool {pool_dir} has {key}={manifest.get(key)!r}, expected {value!r}")
     vectors, rows = [], []
     for shard in manifest["shards"]:
-        vectors.append(np.load(_shard_path(pool_dir, shard["index"], "vectors")))
+        if with_vectors:
+            vectors.append(np.load(_shard_path(pool_dir, shard["index"], "vectors")))
         with open(_shard_path(pool_dir, shard["index"], "rows"), encoding="utf-8") as f:
             rows.extend(json.loads(line) for line in f)
+    if not with_vectors:
+        return None, rows, manifest
     dims = manifest.get("dims") or 0
     return (np.concatenate(vectors) if vectors else np.zeros((0, dims), np.float32)), rows, manifest
 

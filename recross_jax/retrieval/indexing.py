@@ -1,0 +1,160 @@
+"""Building a retrieval index over a mixture, and retrieving for query examples.
+
+An index directory holds `pool/` (the embedded examples, see `embed.py`) and `index/` (the
+searchable structure, see `index.py`). Two embedders: `model` (the upstream T5's mean-pooled
+last encoder layer, ReCross) and `sbert` (all-MiniLM-L6-v2, the SBERT baseline). The pool
+manifest records which one, so queries are always embedded the same way as the pool.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+import sys
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from recross_jax import corpus
+from recross_jax.errors import UserError
+from recross_jax.retrieval import aggregate as aggregate_lib
+from recross_jax.retrieval import embed
+from recross_jax.retrieval import index as index_lib
+
+EMBEDDERS = ("model", "sbert")
+
+
+def pool_rows(mixture: str, split: str = "train", max_examples_per_task: int | None = None) -> Iterator[dict]:
+    """The text rows of a mixture's tasks, task by task in registry order (deterministic)."""
+    for task in corpus.tasks_of(mixture):
+        for example in itertools.islice(corpus.iter_examples(task, split), max_examples_per_task):
+            yield {"example_id": example["example_id"], "task": example["task"],
+                   "inputs": example["inputs_pretokenized"], "targets": example["targets_pretokenized"],
+                   "answer_choices": example["answer_choices"]}
+
+
+def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_length: int = 512,
+                  batch_size: int = 64, num_partitions: int = 1) -> embed.Embedder:
+    """The pool/query embedder of `kind`; `model` needs the upstream `model_dir`."""
+    if kind == "sbert":
+        from recross_jax.retrieval import sentence  # pylint: disable=import-outside-toplevel
+        return _TextEmbedder(sentence.SentenceEmbedder.from_minilm(batch_size=batch_size),
+                             {"kind": "sbert", "model": "all-MiniLM-L6-v2"})
+    if kind != "model":
+        raise UserError(f"unknown embedder {kind!r} (choose from {', '.join(EMBEDDERS)})")
+    if not model_dir:
+        raise UserError("embedder 'model' needs the upstream model directory (model_dir)")
+    from recross_jax import checkpoints, partitioning  # pylint: disable=import-outside-toplevel
+    config, params = checkpoints.restore_model(model_dir)
+    manager = checkpoints.CheckpointManager(model_dir, read_only=True)
+    step = manager.latest_step()
+    manager.close()
+    vocabulary = corpus.tasks_of(mixture)[0].output_features["inputs"].vocabulary
+    description = {"kind": "model", "model_dir": os.path.abspath(model_dir), "step": int(step),
+                   "config_hash": embed.config_hash(config.to_dict()), "max_length": max_length,
+                   "vocab_size": int(vocabulary.vocab_size)}
+    return embed.T5EncoderEmbedder(config, params, vocabulary.encode, vocabulary.eos_id, description,
+                                   max_length=max_length, batch_size=batch_size,
+                                   mesh=partitioning.create_mesh(num_partitions))
+
+
+def build(mixture: str, out_dir: str, embedder: str = "model",
+          model_dir: str | None = None, split: str = "train", max_examples_per_task: int | None = 1000,
+          max_length: int = 512, batch_size: int = 64, shard_size: int = 4096, backend: str = "scann",
+          metric: str = "dot", num_partitions: int = 1, progress: bool = True,
+          on_start: Callable[[str], object] | None = None) -> index_lib.Index:
+    """Embeds the mixture's pool into `out_dir/pool` (resumable) and indexes it in `out_dir/index`.
+
+    gin binds it in `gin/index.gin` (`recross index build`); `on_start(out_dir)` runs once the
+    directory exists (the CLI writes the resolved config.gin there).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    if on_start:
+        on_start(out_dir)
+    embedder_fn = make_embedder(embedder, mixture, model_dir, max_length, batch_size, num_partitions)
+    pool_dir = os.path.join(out_dir, "pool")
+    manifest = embed.build_pool(pool_rows(mixture, split, max_examples_per_task), embedder_fn, pool_dir,
+                                shard_size=shard_size, progress=progress)
+    vectors, rows, _ = embed.load_pool(pool_dir)
+    if not rows:
+        raise UserError(f"mixture {mixture!r} has no {split!r} examples to index")
+    index = index_lib.build_index(vectors, [r["example_id"] for r in rows], backend=backend, metric=metric,
+                                  embedder={**manifest["embedder"], "mixture": mixture})
+    index.save(os.path.join(out_dir, "index"))
+    return index
+
+
+def read_queries(path: str) -> list[str]:
+    """Query inputs from a JSONL file with a non-empty string `inputs` on every line."""
+    if not os.path.isfile(path):
+        raise UserError(f"queries file not found: {path}")
+    queries = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{number}: not valid JSON ({e.msg})") from e
+            text = record.get("inputs") if isinstance(record, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                raise UserError(f"{path}:{number}: each line needs a non-empty string field 'inputs'")
+            queries.append(text)
+    if not queries:
+        raise UserError(f"{path}: no queries (the file is empty)")
+    return queries
+
+
+def open_index(index_dir: str) -> tuple[index_lib.Index, dict[str, dict]]:
+    """The index of an index directory and its pool rows by example id."""
+    index = index_lib.load_index(os.path.join(index_dir, "index"))
+    _, rows, _ = embed.load_pool(os.path.join(index_dir, "pool"), with_vectors=False)
+    if len(rows) != len(index):
+        raise UserError(f"{index_dir}: the index has {len(index)} entries but the pool {len(rows)}")
+    return index, {row["example_id"]: row for row in rows}
+
+
+def retrieve(index_dir: str, queries: Sequence[str], num_candidates: int, mode: str = "concat",
+             batch_size: int = 64) -> list[dict]:
+    """SPEC §1.2: the aggregated top `num_candidates` pool rows for the queries, with scores."""
+    if num_candidates < 1:
+        raise UserError(f"--k must be at least 1, got {num_candidates}")
+    index, rows_by_id = open_index(index_dir)
+    described = index.embedder
+    embedder = make_embedder(described["kind"], described.get("mixture", ""), described.get("model_dir"),
+                             described.get("max_length", 512), batch_size)
+    if described["kind"] == "model":
+        _warn_truncation(queries, embedder)
+    vectors = embedder([{"inputs": q} for q in queries])
+    agg_ids, agg_scores = aggregate_lib.retrieve(index, vectors, num_candidates, mode)
+    return [{**rows_by_id[i], "score": float(s)} for i, s in zip(agg_ids, agg_scores)]
+
+
+def task_distribution(rows: Sequence[dict]) -> str:
+    """A table of retrieved examples per upstream task, most frequent first."""
+    counts = collections.Counter(row["task"] for row in rows)
+    width = max(len(task) for task in counts)
+    lines = [f"{'upstream task'.ljust(width)}  count  share"]
+    lines += [f"{task.ljust(width)}  {n:5d}  {n / len(rows):5.1%}" for task, n in counts.most_common()]
+    return "\n".join(lines)
+
+
+def _warn_truncation(queries: Sequence[str], embedder: embed.T5EncoderEmbedder) -> None:
+    for number, query in enumerate(queries, 1):
+        length = len(embedder.tokenize(query)) + 1
+        if length > embedder.max_length:
+            print(f"warning: query {number} has {length} tokens; truncated to {embedder.max_length}",
+                  file=sys.stderr)
+
+
+class _TextEmbedder:
+    """Adapts a sentence embedder (`.encode(texts)`) to pool rows."""
+
+    def __init__(self, sentence_embedder, description: dict):
+        self.sentence_embedder = sentence_embedder
+        self.description = description
+
+    def __call__(self, rows: Sequence[dict]) -> np.ndarray:
+        return self.sentence_embedder.encode([row["inputs"] for row in rows])

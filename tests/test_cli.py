@@ -1,0 +1,106 @@
+"""The `recross` command: data subcommands on small registered tasks, and every error path."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import seqio
+
+from recross_jax import cli
+
+SEQIO_TEST_VOCAB = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
+                                "sentencepiece.model")
+
+TASKS_MODULE = textwrap.dedent('''
+    from tasks import common
+
+    def examples(split):
+        for i in range(6):
+            yield common.make_example(
+                inputs=f"Is {i} even? Options: yes, no", targets="yes" if i % 2 == 0 else "no",
+                answer_choices=["yes", "no"], task="clitiny.parity", template="plain",
+                example_id=common.example_id("clitiny.parity", split, "plain", i))
+
+    def generative(split):
+        for i in range(3):
+            yield common.make_example(inputs=f"Count to {i}", targets=" ".join(map(str, range(i + 1))),
+                                      answer_choices=[], task="clitiny.count", template="plain",
+                                      example_id=common.example_id("clitiny.count", split, "plain", i))
+
+    common.register_task("clitiny.parity", examples)
+    common.register_task("clitiny.count", generative)
+    common.register_mixture("clitiny_mix", ["clitiny.parity", "clitiny.count"])
+''')
+
+
+@pytest.fixture()
+def tasks_module(tmp_path, monkeypatch):
+    (tmp_path / "clitiny_tasks.py").write_text(TASKS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("RECROSS_VOCAB", SEQIO_TEST_VOCAB)
+    return "clitiny_tasks"
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_data_list_tasks_and_mixtures(capsys, tasks_module):
+    code, out, _ = run(capsys, "data", "list", "--tasks_module", tasks_module)
+    assert code == 0 and {"clitiny.parity", "clitiny.count"} <= set(out.split())
+    code, out, _ = run(capsys, "data", "list", "--mixtures", "--tasks_module", tasks_module)
+    assert code == 0 and "clitiny_mix" in out.split()
+
+
+def test_data_show_formats_choices_and_generative(capsys, tasks_module):
+    code, out, _ = run(capsys, "data", "show", "clitiny_mix", "-n", "8", "--tasks_module", tasks_module)
+    assert code == 0
+    assert "[clitiny.parity|train|plain|#0]" in out
+    assert "inputs : Is 0 even? Options: yes, no" in out and "targets: yes" in out
+    assert "choices: yes ||| no" in out
+    assert "targets: 0 1 2" in out  # the generative task, reached after the 6 parity examples
+    assert out.count("\n[") + out.startswith("[") == 8
+
+
+def test_data_stats_counts_and_percentiles(capsys, tasks_module):
+    code, out, _ = run(capsys, "data", "stats", "clitiny_mix", "--tasks_module", tasks_module)
+    assert code == 0
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("clitiny")}
+    assert lines["clitiny.parity"][1:3] == ["6", "6"]
+    assert lines["clitiny.count"][1:3] == ["3", "0"]
+    assert "TOTAL (2 tasks)  9" in " ".join(out.split()) or "TOTAL (2 tasks) 9" in " ".join(out.split())
+    p50, p90, p99, longest = map(int, lines["clitiny.count"][3].split("/"))
+    assert 0 < p50 <= p90 <= p99 <= longest
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["data", "show", "no.such.task"], "unknown task or mixture: 'no.such.task'"),
+    (["data", "stats", "no_such_mixture"], "unknown task or mixture: 'no_such_mixture'"),
+    (["data", "show", "clitiny.parity", "--split", "dev"], "has no split 'dev'"),
+    (["data", "show", "clitiny.parity", "-n", "0"], "-n must be at least 1"),
+    (["data", "list", "--gin.no_such_configurable.x=1"], "no_such_configurable"),
+])
+def test_errors_are_one_line_exit_2(capsys, tasks_module, argv, message):
+    code, out, err = run(capsys, *argv, "--tasks_module", tasks_module)
+    assert code == 2, err
+    assert err.startswith("recross: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_tasks_module_is_a_user_error(capsys):
+    code, _, err = run(capsys, "data", "list", "--tasks_module", "no_such_tasks_module")
+    assert code == 2 and "cannot import tasks module 'no_such_tasks_module'" in err
+
+
+def test_console_script_exit_code_and_usage_errors():
+    recross = os.path.join(os.path.dirname(sys.executable), "recross")
+    result = subprocess.run([recross, "data", "show", "x.y", "--tasks_module", "json"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "recross: error: unknown task or mixture: 'x.y' (see `recross data list [--mixtures]`)")
+    result = subprocess.run([recross, "nonsense"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
