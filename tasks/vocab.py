@@ -5,17 +5,28 @@ the gin file is parsed), so the vocabulary object built at import time only lear
 file on first use: from the gin binding `tasks.vocab.vocabulary_path.path`, else from
 `$RECROSS_VOCAB`, else the default file under the asset cache that `recross vocab train`
 writes. An official T5 `.model` file works the same way.
+
+`train_vocabulary` trains such a file (SentencePiece unigram with T5's special ids: pad 0,
+eos 1, unk 2, no bos; seqio appends the 100 extra ids above the trained pieces), and
+`train_vocabulary_from_tasks` feeds it the text of registered tasks.
 """
 from __future__ import annotations
 
 import functools
+import io
+import itertools
 import os
+import random
+import re
+import sys
+from typing import Iterable, Iterator, Sequence
 
 import gin
 import seqio
 
 from recross_jax import assets
 from recross_jax.errors import UserError
+from recross_jax.io_utils import atomic_path, write_text_atomic
 
 EXTRA_IDS = 100
 DEFAULT_VOCAB_NAME = "recross_bigbench_upstream_8k.model"
@@ -46,6 +57,12 @@ class LazySentencePieceVocabulary(seqio.Vocabulary):
     @functools.cached_property
     def _vocab(self) -> seqio.SentencePieceVocabulary:
         return seqio.SentencePieceVocabulary(vocabulary_path(), extra_ids=self.extra_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        # seqio's SentencePieceVocabulary writes the extra ids into the model itself, so its
+        # base size already counts them; the generic base + extra_ids would count them twice.
+        return self._vocab.vocab_size
 
     @property
     def eos_id(self) -> int:
@@ -79,3 +96,174 @@ class LazySentencePieceVocabulary(seqio.Vocabulary):
 
 
 VOCABULARY = LazySentencePieceVocabulary()
+
+
+def train_vocabulary(texts: Iterable[str], size: int, out: str, seed: int = 0, *,
+                     character_coverage: float = 0.9995, max_sentences: int = 0,
+                     max_sentence_length: int = 16384) -> str:
+    """Trains a SentencePiece unigram model with T5's conventions and writes it atomically.
+
+    Training is deterministic for a given text order and seed: SentencePiece runs on one thread
+    without its own sampling (its random generator is seeded once per process, so it could not
+    honour a per-call seed); the one random step, sampling `max_sentences` sentences, is done
+    here with `seed`.
+
+    Args:
+      texts: the training text, one sentence per item (empty items are skipped).
+      size: number of pieces, including pad (0), eos (1) and unk (2).
+      out: the `.model` path; the human-readable `.vocab` is written beside it.
+      seed: seeds the sampling of `max_sentences` sentences.
+      character_coverage: share of characters kept as pieces; the rest map to unk.
+      max_sentences: train on a seeded sample of this many sentences, kept in their order
+        (0: all of them).
+      max_sentence_length: longer sentences (in bytes) are skipped.
+
+    Returns:
+      `out`.
+
+    Raises:
+      UserError: `out` does not end in `.model`, there is no text, or `size` does not fit it.
+    """
+    import sentencepiece as spm  # pylint: disable=import-outside-toplevel
+    if not out.endswith(".model"):
+        raise UserError(f"vocabulary output must end in .model: {out}")
+    if size < 4:
+        raise UserError(f"vocabulary size must be at least 4 (3 special pieces), got {size}")
+    if max_sentences < 0:
+        raise UserError(f"max_sentences must be 0 (all) or positive, got {max_sentences}")
+    sentences = _NonEmpty(texts)
+    sample = _sample(sentences, max_sentences, seed) if max_sentences else sentences
+    # Trained in memory: with a file prefix, SentencePiece records that (temporary) path in
+    # the model, and two otherwise identical runs would differ.
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sample), model_writer=model, model_type="unigram",
+            vocab_size=size, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+            character_coverage=character_coverage, input_sentence_size=0,
+            shuffle_input_sentence=False, max_sentence_length=max_sentence_length,
+            num_threads=1, minloglevel=2)
+    except RuntimeError as e:
+        if not sentences.count:
+            raise UserError("no text to train the vocabulary on") from e
+        # SentencePiece prefixes its reason with the failed check's source location.
+        reason = re.sub(r"^\w+: \S+\(\d+\) \[(.*?)\]\s*", "", " ".join(str(e).split())) or str(e)
+        used = len(sample) if max_sentences else sentences.count
+        raise UserError(f"cannot train a {size}-piece vocabulary on {used} sentences: "
+                        f"{reason}") from e
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    # The .vocab format of spm_train: piece, tab, score. It goes first because the .model
+    # appearing is what marks a finished vocabulary.
+    write_text_atomic(out[:-len(".model")] + ".vocab", "".join(
+        f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
+        for i in range(processor.get_piece_size())))
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(model.getvalue())
+    return out
+
+
+def _sample(texts: Iterable[str], k: int, seed: int) -> list[str]:
+    """A uniform sample of `k` texts (reservoir sampling), in their original order."""
+    rng = random.Random(seed)
+    reservoir: list[tuple[int, str]] = []
+    for i, text in enumerate(texts):
+        if i < k:
+            reservoir.append((i, text))
+        else:
+            j = rng.randrange(i + 1)
+            if j < k:
+                reservoir[j] = (i, text)
+    return [text for _, text in sorted(reservoir)]
+
+
+class _NonEmpty:
+    """Iterates the non-empty texts once, counting them (for error messages)."""
+
+    def __init__(self, texts: Iterable[str]):
+        self._texts = texts
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self._texts:
+            if text:
+                self.count += 1
+                yield text
+
+
+def train_vocabulary_from_tasks(task_names: Sequence[str], size: int, out: str,
+                                max_examples_per_task: int | None = 2000, seed: int = 0,
+                                split: str = "train") -> str:
+    """Trains a vocabulary on the inputs, targets and answer choices of registered tasks.
+
+    Args:
+      task_names: seqio task (or mixture) names; tasks are read in this order.
+      size: number of pieces, as in `train_vocabulary`.
+      out: the `.model` path.
+      max_examples_per_task: the first this many examples of each task (None: all).
+      seed: as in `train_vocabulary`.
+      split: the split to read.
+
+    Raises:
+      UserError: an unknown task, or any error of `train_vocabulary`.
+    """
+    def texts() -> Iterator[str]:
+        for name in _expand(task_names):
+            for example in task_examples(name, split, max_examples_per_task):
+                yield example["inputs"]
+                yield example["targets"]
+                yield from example["answer_choices"]
+
+    return train_vocabulary(texts(), size, out, seed)
+
+
+def _expand(names: Sequence[str]) -> list[str]:
+    """Task names, with each mixture replaced by its tasks."""
+    tasks = []
+    for name in names:
+        if name in seqio.MixtureRegistry.names():
+            tasks.extend(task.name for task in seqio.MixtureRegistry.get(name).tasks)
+        elif name in seqio.TaskRegistry.names():
+            tasks.append(name)
+        else:
+            raise UserError(f"unknown task or mixture: {name!r} (see `recross data list`)")
+    return tasks
+
+
+def task_examples(name: str, split: str, limit: int | None = None) -> list[dict]:
+    """The first `limit` examples of a registered task as plain Python dicts (SPEC §0 fields).
+
+    Task families that keep their examples in Python (`tasks.p3`, `tasks.jsonl`,
+    `tasks.bigbench`) are read directly; any other seqio task through its source as numpy.
+    """
+    p3 = sys.modules.get("tasks.p3")
+    if p3 is not None and p3.is_p3_task(name):
+        return p3.examples(name, split, limit=limit)
+    jsonl = sys.modules.get("tasks.jsonl")
+    if jsonl is not None and jsonl.is_jsonl_task(name):
+        return jsonl.examples(name, split)[:limit]
+    bigbench = sys.modules.get("tasks.bigbench")
+    if name.startswith("bigbench.") and hasattr(bigbench, "examples"):
+        return list(bigbench.examples(name, split))[:limit]
+    return _seqio_examples(name, split, limit)
+
+
+def _seqio_examples(name: str, split: str, limit: int | None) -> list[dict]:
+    if name not in seqio.TaskRegistry.names():
+        raise UserError(f"unknown task: {name!r} (see `recross data list`)")
+    source = seqio.TaskRegistry.get(name).source
+    if split not in source.splits:
+        raise UserError(f"task {name!r} has no split {split!r} "
+                        f"(it has: {', '.join(source.splits)})")
+    rows = source.get_dataset(split=split, shuffle=False).as_numpy_iterator()
+    return [_decode(row) for row in itertools.islice(rows, limit)]
+
+
+def _decode(row: dict) -> dict:
+    example = {key: _text(value) for key, value in row.items() if key != "answer_choices"}
+    example["answer_choices"] = [_text(choice) for choice in row.get("answer_choices", ())]
+    return example
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
