@@ -177,8 +177,8 @@ class JsonlTask:
                     "\x1f".join((fields["task"], fields["inputs"], fields["targets"])),
                     self.fractions, self.salt) != split:
                 continue
-            result.append(common.make_example(
-                **fields, example_id=common.example_id(self.name, split, fields["template"], line_no)))
+            example_id = common.example_id(self.name, split, fields["template"], line_no)
+            result.append(common.make_example(**fields, example_id=example_id))
         return result
 
 
@@ -225,13 +225,13 @@ def examples(name: str, split: str) -> list[dict]:
 
 @gin.configurable
 def taskweb_dir(path: str | None = None) -> str:
-    """The TaskWeb `tasks/` directory: gin binding, `$RECROSS_TASKWEB_DIR`, or the repo's default."""
+    """The TaskWeb `tasks/` directory: gin binding, `$RECROSS_TASKWEB_DIR`, or the default."""
     path = path or os.environ.get("RECROSS_TASKWEB_DIR")
     if path is None:
         if not os.path.isdir(_REPO_TASKWEB_DIR):
+            default = os.path.normpath(_REPO_TASKWEB_DIR)
             raise UserError("TaskWeb data directory not set: bind tasks.jsonl.taskweb_dir.path or "
-                            f"set $RECROSS_TASKWEB_DIR (default {os.path.normpath(_REPO_TASKWEB_DIR)}"
-                            " does not exist)")
+                            f"set $RECROSS_TASKWEB_DIR (default {default} does not exist)")
         path = _REPO_TASKWEB_DIR
     if not os.path.isdir(path):
         raise UserError(f"TaskWeb data directory not found: {path}")

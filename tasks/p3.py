@@ -235,9 +235,9 @@ def get_task(name: str) -> P3Task:
     return _TASKS[name]
 
 
-def task_names() -> list[str]:
-    """Names of every registered P3 task."""
-    return sorted(_TASKS)
+def is_p3_task(name: str) -> bool:
+    """Whether `name` is a registered P3 task."""
+    return name in _TASKS
 
 
 def format_rows(name: str, rows: Iterable[Mapping], split: str,
@@ -346,7 +346,8 @@ def _register_all() -> None:
     targets = _register(RECROSS_TARGET_DATASETS, keep=evaluable_by_exact_match)
     for dataset_name, names in targets.items():
         common.register_mixture(f"p3.{dataset_name}", names)
-    common.register_mixture("recross_targets", [name for names in targets.values() for name in names])
+    common.register_mixture("recross_targets",
+                            [name for names in targets.values() for name in names])
 
 
 _register_all()

@@ -11,7 +11,8 @@ from tasks import jsonl
 
 TASKWEB_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir,
                                             "shared", "data", "taskweb", "tasks"))
-needs_taskweb = pytest.mark.skipif(not os.path.isdir(TASKWEB_DIR), reason="TaskWeb data not present")
+needs_taskweb = pytest.mark.skipif(not os.path.isdir(TASKWEB_DIR),
+                                   reason="TaskWeb data not present")
 
 
 def _write(path, rows):
@@ -43,7 +44,8 @@ def test_hashed_split_is_disjoint_complete_and_independent_of_line_order(tmp_pat
         "sentiment", "default", ["no", "yes"])
 
     jsonl.register_jsonl_task("test_jsonl.reversed", _write(tmp_path / "b.jsonl", rows[::-1]))
-    assert {e["inputs"] for e in jsonl.examples("test_jsonl.reversed", "test")} == set(inputs["test"])
+    reordered = jsonl.examples("test_jsonl.reversed", "test")
+    assert {e["inputs"] for e in reordered} == set(inputs["test"])
     jsonl.register_jsonl_task("test_jsonl.salted", str(tmp_path / "a.jsonl"), salt="other")
     assert {e["inputs"] for e in jsonl.examples("test_jsonl.salted", "test")} != set(inputs["test"])
 
@@ -128,12 +130,15 @@ def test_taskweb_directory_is_resolved_when_iterated(tmp_path, monkeypatch):
     with gin.unlock_config():
         gin.bind_parameter("tasks.jsonl.taskweb_dir.path", str(tmp_path / "tw"))
     try:
-        examples = sum((jsonl.examples("p3mini.cb", s) for s in ("train", "validation", "test")), [])
+        examples = [e for s in ("train", "validation", "test")
+                    for e in jsonl.examples("p3mini.cb", s)]
         assert len(examples) == 20 and {e["task"] for e in examples} == {"cb"}
-        with pytest.raises(UserError, match=r"JSONL data not found for task 'p3mini.piqa': .*piqa\.jsonl"):
+        with pytest.raises(UserError,
+                           match=r"JSONL data not found for task 'p3mini.piqa': .*piqa\.jsonl"):
             jsonl.examples("p3mini.piqa", "train")
     finally:
-        gin.clear_config()
+        with gin.unlock_config():
+            gin.bind_parameter("tasks.jsonl.taskweb_dir.path", None)
 
 
 def test_p3mini_mixtures_follow_spec_split():
@@ -153,5 +158,6 @@ def test_taskweb_tasks_read_the_release(monkeypatch):
     example = jsonl.examples("p3mini.cb", "train")[0]
     assert example["task"] == "cb" and example["answer_choices"] == ["True", "False", "Neither"]
     assert example["targets"] in example["answer_choices"]
-    ids = [e["example_id"] for s in ("train", "validation", "test") for e in jsonl.examples("p3mini.cb", s)]
+    ids = [e["example_id"] for s in ("train", "validation", "test")
+           for e in jsonl.examples("p3mini.cb", s)]
     assert len(ids) == len(set(ids)) == 698

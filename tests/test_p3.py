@@ -71,7 +71,8 @@ def _only(name, row, split="validation"):
 def test_cb_gpt3_style_formats_premise_hypothesis_and_label():
     example = _only("p3.super_glue_cb.GPT_3_style", CB_ROW)
     assert example == {
-        "inputs": f"{CB_ROW['premise']}\nQuestion: {CB_ROW['hypothesis']} True, False, or Neither?",
+        "inputs": f"{CB_ROW['premise']}\nQuestion: {CB_ROW['hypothesis']} "
+                  "True, False, or Neither?",
         "targets": "False",
         "answer_choices": ["True", "False", "Neither"],
         "task": "super_glue_cb",
@@ -84,12 +85,14 @@ def test_cb_gpt3_style_formats_premise_hypothesis_and_label():
 def test_every_cb_template_reproduces_taskweb_prompted_rows():
     # TaskWeb's cb.jsonl was prompted with promptsource independently of this code.
     with open(TASKWEB_CB, encoding="utf-8") as f:
-        released = {(r["inputs"], r["targets"], tuple(r["choices"] or ())) for r in map(json.loads, f)}
+        released = {(r["inputs"], r["targets"], tuple(r["choices"] or ()))
+                    for r in map(json.loads, f)}
     names = [task.name for task in seqio.MixtureRegistry.get("p3.super_glue_cb").tasks]
     assert len(names) == 15
     for name in names:
         example = _only(name, CB_ROW)
-        assert (example["inputs"], example["targets"], tuple(example["answer_choices"])) in released, name
+        prompted = (example["inputs"], example["targets"], tuple(example["answer_choices"]))
+        assert prompted in released, name
 
 
 def test_piqa_choices_are_the_two_solutions():
@@ -120,8 +123,10 @@ def test_unlabeled_rows_are_skipped_and_ids_keep_row_positions():
 
 def test_anli_r3_uses_anli_templates():
     example = _only("p3.anli_r3.GPT_3_style", ANLI_ROW)
-    assert example["inputs"] == f"{ANLI_ROW['premise']}\nQuestion: {ANLI_ROW['hypothesis']} True, False, or Neither?"
-    assert (example["targets"], example["answer_choices"]) == ("False", ["True", "Neither", "False"])
+    assert example["inputs"] == (f"{ANLI_ROW['premise']}\nQuestion: {ANLI_ROW['hypothesis']} "
+                                 "True, False, or Neither?")
+    assert example["targets"] == "False"
+    assert example["answer_choices"] == ["True", "Neither", "False"]
     assert example["task"] == "anli_r3"
 
 
@@ -131,7 +136,8 @@ def test_hellaswag_lowercases_context_and_picks_labelled_ending():
     assert example["inputs"] == (
         "Complete the description with an appropriate ending:\n"
         "First, a man is sitting on a roof. Then, he ...\n\n"
-        + "\n\n".join(f"({letter}) {ending}" for letter, ending in zip("abcd", endings)))
+        + "\n\n".join(f"({letter}) {ending}"
+                      for letter, ending in zip("abcd", endings, strict=True)))
     assert example["targets"] == endings[3]
     assert example["answer_choices"] == endings
 
@@ -152,14 +158,16 @@ def test_random_prompt_choices_are_seeded():
     rows = [{**SQUAD_ROW, "id": str(i)} for i in range(12)]
     first = p3.format_rows(name, rows, "train")
     assert p3.format_rows(name, rows, "train") == first
-    prompts = {e["inputs"][len(SQUAD_ROW["context"]) + 1:-len(SQUAD_ROW["question"])] for e in first}
+    prompts = {e["inputs"][len(SQUAD_ROW["context"]) + 1:-len(SQUAD_ROW["question"])]
+               for e in first}
     assert len(prompts) > 1  # rows draw different prompts...
     with gin.unlock_config():
         gin.bind_parameter("tasks.p3.template_seed.seed", 1)
     try:
         reseeded = p3.format_rows(name, rows, "train")
     finally:
-        gin.clear_config()
+        with gin.unlock_config():
+            gin.bind_parameter("tasks.p3.template_seed.seed", 0)
     assert reseeded != first  # ...and the draws follow the seed
 
 
