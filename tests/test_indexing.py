@@ -1,0 +1,138 @@
+"""`recross index build` + `recross retrieve` end to end on a tiny model and a small BIG-bench mixture."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import seqio
+from flax import linen as nn
+
+import bigbench_fixtures
+from recross_jax import checkpoints, cli
+from recross_jax.models import t5
+from recross_jax.retrieval import embed, indexing
+from tasks import bigbench
+
+SEQIO_TEST_VOCAB = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
+                                "sentencepiece.model")
+PREFIX = "bbidx"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("indexing")
+    os.environ["RECROSS_VOCAB"] = SEQIO_TEST_VOCAB
+    bigbench.register_bigbench(bigbench_fixtures.write_tasks_dir(str(root)), cap=20, prefix=PREFIX)
+    vocab_size = seqio.SentencePieceVocabulary(SEQIO_TEST_VOCAB, extra_ids=100).vocab_size
+    config = t5.T5Config(vocab_size=vocab_size, dtype="float32", emb_dim=16, num_heads=2,
+                         num_encoder_layers=1, num_decoder_layers=1, head_dim=8, mlp_dim=32)
+    dummy = np.ones((1, 4), np.int32)
+    params = nn.unbox(t5.Transformer(config).init(jax.random.PRNGKey(0), dummy, dummy, dummy))["params"]
+    model_dir = str(root / "model")
+    checkpoints.save_model(model_dir, config, params, step=7)
+    queries = root / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"inputs": q}) + "\n" for q in
+                               ["What is 5 + 1?", "Spell 12.", "Color 3?"]))
+    return root, model_dir, str(queries)
+
+
+def build_args(root, model_dir, name, *extra):
+    return ["index", "build", "--gin_file=gin/index.gin", "--tasks_module", "tasks.common",
+            f"--gin.MIXTURE='{PREFIX}_upstream'", f"--gin.MODEL_DIR='{model_dir}'",
+            f"--gin.INDEX_DIR='{root / name}'", "--gin.indexing.build.shard_size=16",
+            "--gin.indexing.build.max_examples_per_task=20", *extra]
+
+
+def test_index_build_and_retrieve(setup, capsys, monkeypatch):
+    root, model_dir, queries = setup
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    assert cli.main(build_args(root, model_dir, "index_model")) == 0
+    out = capsys.readouterr().out
+    manifest = embed.read_manifest(str(root / "index_model" / "pool"))
+    expected = sum(min(20, bigbench.num_examples(f"{PREFIX}.{t}", "train")) for t in bigbench_fixtures.UPSTREAM)
+    assert manifest["count"] == expected and f"indexed {expected} examples" in out
+    assert manifest["embedder"]["kind"] == "model" and manifest["embedder"]["step"] == 7
+    assert (root / "index_model" / "config.gin").read_text().count("indexing.build") >= 1
+
+    out_file = root / "retrieved.jsonl"
+    assert cli.main(["retrieve", "--index", str(root / "index_model"), "--queries", queries, "--k", "9",
+                     "--out", str(out_file), "--tasks_module", "tasks.common"]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert len(rows) == 9
+    assert all(r["task"].startswith(f"{PREFIX}.") and r["inputs"] and "score" in r for r in rows)
+    assert "upstream task" in printed and rows[0]["task"] in printed
+
+    # The same retrieval through the library equals a brute-force search over the pool.
+    vectors, pool_rows, _ = embed.load_pool(str(root / "index_model" / "pool"))
+    embedder = indexing.make_embedder("model", f"{PREFIX}_upstream", model_dir, max_length=256)
+    query_vectors = embedder([{"inputs": "What is 5 + 1?"}])
+    best = np.argsort(-(vectors @ query_vectors[0]), kind="stable")[:3]
+    assert [r["example_id"] for r in rows[:3]] == [pool_rows[i]["example_id"] for i in best]
+
+
+def test_resume_after_kill_rebuilds_nothing_twice(setup, monkeypatch):
+    root, model_dir, _ = setup
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    calls = []
+    original = embed.T5EncoderEmbedder.__call__
+
+    def dying(self, rows):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(len(rows))
+        return original(self, rows)
+
+    monkeypatch.setattr(embed.T5EncoderEmbedder, "__call__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(build_args(root, model_dir, "index_resume"))
+    assert embed.read_manifest(str(root / "index_resume" / "pool"))["count"] == 32
+    monkeypatch.setattr(embed.T5EncoderEmbedder, "__call__", original)
+    assert cli.main(build_args(root, model_dir, "index_resume")) == 0
+    a, rows_a, _ = embed.load_pool(str(root / "index_model" / "pool"))
+    b, rows_b, _ = embed.load_pool(str(root / "index_resume" / "pool"))
+    assert rows_a == rows_b
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "no queries"),
+    ("not json\n", ":1: not valid JSON"),
+    ('{"inputs": "ok"}\n{"text": "x"}\n', ":2: each line needs a non-empty string field 'inputs'"),
+    ('{"inputs": "   "}\n', ":1: each line needs"),
+])
+def test_bad_queries(setup, tmp_path, capsys, content, message):
+    root, _, _ = setup
+    path = tmp_path / "q.jsonl"
+    path.write_text(content)
+    code = cli.main(["retrieve", "--index", str(root / "index_model"), "--queries", str(path), "--k", "3",
+                     "--tasks_module", "tasks.common"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_index_and_bad_k(setup, capsys):
+    root, _, queries = setup
+    assert cli.main(["retrieve", "--index", str(root / "nope"), "--queries", queries, "--k", "3",
+                     "--tasks_module", "tasks.common"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert cli.main(["retrieve", "--index", str(root / "index_model"), "--queries", queries, "--k", "0",
+                     "--tasks_module", "tasks.common"]) == 2
+    assert "--k must be at least 1" in capsys.readouterr().err
+
+
+def test_long_query_is_truncated_with_a_warning(setup, tmp_path, capsys):
+    root, _, _ = setup
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"inputs": "word " * 400}) + "\n")
+    assert cli.main(["retrieve", "--index", str(root / "index_model"), "--queries", str(path), "--k", "2",
+                     "--tasks_module", "tasks.common"]) == 0
+    assert "truncated to 256" in capsys.readouterr().err
+
+
+def test_missing_model_dir_is_a_user_error(setup, capsys, monkeypatch):
+    root, _, _ = setup
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    assert cli.main(build_args(root, str(root / "no_model"), "index_bad")) == 2
+    assert "no_model" in capsys.readouterr().err
