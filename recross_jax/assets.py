@@ -24,7 +24,8 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from typing import BinaryIO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from tqdm import tqdm
 

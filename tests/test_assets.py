@@ -19,7 +19,8 @@ from recross_jax.errors import UserError
 
 SDIST_FILES = {
     "fakebench-1.0.0/PKG-INFO": "Metadata-Version: 1.0\nName: fakebench\nVersion: 1.0.0\n",
-    "fakebench-1.0.0/setup.py": "from setuptools import setup\nsetup(name='fakebench', version='1.0.0')\n",
+    "fakebench-1.0.0/setup.py":
+        "from setuptools import setup\nsetup(name='fakebench', version='1.0.0')\n",
     "fakebench-1.0.0/fakebench/__init__.py": "",
     "fakebench-1.0.0/fakebench/benchmark_tasks/alpha/task.json": '{"name": "alpha"}',
     "fakebench-1.0.0/fakebench/benchmark_tasks/alpha/README.md": "# alpha",
@@ -36,8 +37,10 @@ WHEEL_FILES = {
     "fakemini/model/model.safetensors": "weights",
     "fakemini/model/README.md": "dropped",
     "fakemini/model/1_Pooling/config.json": '{"pooling_mode_mean_tokens": true}',
-    "fakemini-0.1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: fakemini\nVersion: 0.1.0\n",
-    "fakemini-0.1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    "fakemini-0.1.0.dist-info/METADATA":
+        "Metadata-Version: 2.1\nName: fakemini\nVersion: 0.1.0\n",
+    "fakemini-0.1.0.dist-info/WHEEL":
+        "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     "fakemini-0.1.0.dist-info/RECORD": "",
 }
 
