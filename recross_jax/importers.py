@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -139,7 +140,7 @@ def _read_hf_weights(path: str) -> dict[str, np.ndarray]:
 
                 # The flax reader understands bfloat16, which numpy alone does not.
                 with safe_open(file, framework="flax") as f:
-                    for key in f.keys():
+                    for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
                         weights[key] = np.asarray(f.get_tensor(key), np.float32)
             else:
                 import torch  # pylint: disable=import-outside-toplevel

@@ -14,7 +14,8 @@ The same code runs on one CPU device (a 1x1 mesh), simulated host devices and ac
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -7,7 +7,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import tensorstore as ts
 from flax import serialization
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from recross_jax.errors import UserError
 from recross_jax.importers import import_hf_t5, import_t5x_checkpoint
@@ -16,9 +19,9 @@ from recross_jax.models.t5 import T5Config, Transformer, relative_position_bucke
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-HF_TINY = dict(vocab_size=40, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_decoder_layers=3,
-               num_heads=3, relative_attention_num_buckets=8,
-               relative_attention_max_distance=12, dropout_rate=0.1)
+HF_TINY = {"vocab_size": 40, "d_model": 16, "d_kv": 4, "d_ff": 24, "num_layers": 2,
+           "num_decoder_layers": 3, "num_heads": 3, "relative_attention_num_buckets": 8,
+           "relative_attention_max_distance": 12, "dropout_rate": 0.1}
 
 
 def random_hf_model(seed: int, **config):
@@ -122,12 +125,6 @@ def test_relative_position_buckets_match_hf():
             np.testing.assert_array_equal(ours, ref)
 
 
-def write_hf(tmp_path, **config):
-    model = random_hf_model(3, **config)
-    model.save_pretrained(tmp_path)
-    return model
-
-
 def test_hf_errors_name_the_problem(tmp_path):
     with pytest.raises(UserError, match="HF model directory not found"):
         import_hf_t5(str(tmp_path / "nope"))
@@ -136,11 +133,10 @@ def test_hf_errors_name_the_problem(tmp_path):
         import_hf_t5(str(tmp_path / "empty"))
 
     good = tmp_path / "good"
-    write_hf(good, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
-    from safetensors.numpy import save_file
-    from safetensors import safe_open
+    random_hf_model(3, feed_forward_proj="gated-gelu",
+                    tie_word_embeddings=False).save_pretrained(good)
     with safe_open(str(good / "model.safetensors"), "np") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not iterable
 
     missing = tmp_path / "missing"
     shutil.copytree(good, missing)
@@ -186,8 +182,6 @@ def write_t5x_checkpoint(directory, params) -> None:
     """Writes `params` as t5x/checkpoints.py does: zarr arrays (gzip) under
     `target.<dotted path>` referenced by relative TensorStore specs, the unpartitioned
     (1-D) ones inline in the msgpack file, next to an optimizer `state`."""
-    import tensorstore as ts
-
     os.makedirs(directory, exist_ok=True)
 
     def write(path, value):

@@ -1,20 +1,17 @@
-"""Meshes, logical axis rules and shardings on 1 and 8 (simulated) CPU devices."""
-import os
+"""Meshes, logical axis rules and shardings on 1 and 8 (simulated) CPU devices.
 
-# Effective only when this file runs first; tests/conftest.py sets it for the whole suite.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+tests/conftest.py asks XLA for 8 host devices before JAX is imported.
+"""
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from recross_jax import partitioning  # noqa: E402
-from recross_jax.errors import UserError  # noqa: E402
-from recross_jax.models.t5 import T5Config, Transformer  # noqa: E402
+from recross_jax import partitioning
+from recross_jax.errors import UserError
+from recross_jax.models.t5 import T5Config, Transformer
 
 CONFIG = T5Config(vocab_size=64, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32,
                   num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)

@@ -3,20 +3,20 @@ import json
 import os
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import gin
 from recross_jax.errors import UserError
 from recross_jax.models import t5
 from recross_jax.models.t5 import T5Config, Transformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(vocab_size=50, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,
-            num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.1,
-            relative_attention_num_buckets=8, relative_attention_max_distance=16)
+TINY = {"vocab_size": 50, "emb_dim": 16, "num_heads": 2, "head_dim": 8, "mlp_dim": 24,
+        "num_encoder_layers": 2, "num_decoder_layers": 2, "dropout_rate": 0.1,
+        "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16}
 
 
 @gin.configurable("test_t5_probe")
