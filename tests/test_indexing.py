@@ -136,3 +136,17 @@ def test_missing_model_dir_is_a_user_error(setup, capsys, monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
     assert cli.main(build_args(root, str(root / "no_model"), "index_bad")) == 2
     assert "no_model" in capsys.readouterr().err
+
+
+def test_group_removal_excludes_tasks_and_fills_up(setup, monkeypatch):
+    root, model_dir, _ = setup
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    if not (root / "index_model").exists():
+        assert cli.main(build_args(root, model_dir, "index_model")) == 0
+    retriever = indexing.Retriever(str(root / "index_model"))
+    queries = ["What is 5 + 1?", "What is 9 + 1?"]
+    full = retriever.retrieve(queries, 12)
+    assert any(r["task"] == f"{PREFIX}.mc_task" for r in full)
+    removed = retriever.retrieve(queries, 12, exclude_tasks=[f"{PREFIX}.mc_task", f"{PREFIX}.container"])
+    assert len(removed) == 12
+    assert not any(r["task"].startswith((f"{PREFIX}.mc_task", f"{PREFIX}.container")) for r in removed)

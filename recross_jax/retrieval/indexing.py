@@ -107,29 +107,58 @@ def read_queries(path: str) -> list[str]:
     return queries
 
 
-def open_index(index_dir: str) -> tuple[index_lib.Index, dict[str, dict]]:
-    """The index of an index directory and its pool rows by example id."""
-    index = index_lib.load_index(os.path.join(index_dir, "index"))
-    _, rows, _ = embed.load_pool(os.path.join(index_dir, "pool"), with_vectors=False)
-    if len(rows) != len(index):
-        raise UserError(f"{index_dir}: the index has {len(index)} entries but the pool {len(rows)}")
-    return index, {row["example_id"]: row for row in rows}
+class Retriever:
+    """An index directory opened for repeated retrieval: the index, its pool rows, and the
+    embedder the manifest names (so queries are embedded exactly as the pool was)."""
+
+    def __init__(self, index_dir: str, batch_size: int = 64):
+        self.index = index_lib.load_index(os.path.join(index_dir, "index"))
+        _, rows, _ = embed.load_pool(os.path.join(index_dir, "pool"), with_vectors=False)
+        if len(rows) != len(self.index):
+            raise UserError(f"{index_dir}: the index has {len(self.index)} entries but the pool {len(rows)}")
+        self.rows = rows
+        self.rows_by_id = {row["example_id"]: row for row in rows}
+        described = self.index.embedder
+        self.embedder = make_embedder(described["kind"], described.get("mixture", ""),
+                                      described.get("model_dir"), described.get("max_length", 512),
+                                      batch_size)
+
+    def retrieve(self, queries: Sequence[str], num_candidates: int, mode: str = "concat",
+                 exclude_tasks: Sequence[str] = ()) -> list[dict]:
+        """SPEC §1.2: the aggregated top `num_candidates` pool rows for the queries, with scores.
+
+        `exclude_tasks` drops candidates whose task starts with any of these prefixes (the
+        group-removal ablation) before aggregation; the search then goes deeper to make up.
+        """
+        if num_candidates < 1:
+            raise UserError(f"--k must be at least 1, got {num_candidates}")
+        if isinstance(self.embedder, embed.T5EncoderEmbedder):
+            _warn_truncation(queries, self.embedder)
+        vectors = self.embedder([{"inputs": q} for q in queries])
+        k = aggregate_lib.needed_k(len(queries), num_candidates, mode)
+        excluded = tuple(exclude_tasks)
+        while True:
+            ids, scores = self.index.search(vectors, min(k, len(self.index)))
+            if excluded:
+                keep = np.array([[not self.rows_by_id[i]["task"].startswith(excluded) for i in row]
+                                 for row in ids])
+                depth = int(keep.sum(axis=1).min())
+                ids = np.stack([row[mask][:depth] for row, mask in zip(ids, keep)])
+                scores = np.stack([row[mask][:depth] for row, mask in zip(scores, keep)])
+            enough = ids.shape[1] >= aggregate_lib.needed_k(len(queries), num_candidates, mode)
+            if enough or k >= len(self.index):
+                break
+            k *= 2
+        agg_ids, agg_scores = aggregate_lib.aggregate(ids, scores, num_candidates, mode)
+        return [{**self.rows_by_id[i], "score": float(s)} for i, s in zip(agg_ids, agg_scores)]
 
 
 def retrieve(index_dir: str, queries: Sequence[str], num_candidates: int, mode: str = "concat",
              batch_size: int = 64) -> list[dict]:
-    """SPEC §1.2: the aggregated top `num_candidates` pool rows for the queries, with scores."""
+    """`Retriever(index_dir).retrieve(...)` for a single use (the CLI)."""
     if num_candidates < 1:
         raise UserError(f"--k must be at least 1, got {num_candidates}")
-    index, rows_by_id = open_index(index_dir)
-    described = index.embedder
-    embedder = make_embedder(described["kind"], described.get("mixture", ""), described.get("model_dir"),
-                             described.get("max_length", 512), batch_size)
-    if described["kind"] == "model":
-        _warn_truncation(queries, embedder)
-    vectors = embedder([{"inputs": q} for q in queries])
-    agg_ids, agg_scores = aggregate_lib.retrieve(index, vectors, num_candidates, mode)
-    return [{**rows_by_id[i], "score": float(s)} for i, s in zip(agg_ids, agg_scores)]
+    return Retriever(index_dir, batch_size).retrieve(queries, num_candidates, mode)
 
 
 def task_distribution(rows: Sequence[dict]) -> str:
