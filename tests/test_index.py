@@ -119,7 +119,7 @@ def test_scann_small_pool_is_brute_force_and_exact():
 
 def test_scann_config_scales_with_pool():
     big = ScannConfig.for_pool(1_000_000)
-    assert (big.num_leaves, big.leaves_to_search, big.training_sample_size) == (1000, 40, 250_000)
+    assert (big.num_leaves, big.leaves_to_search, big.training_sample_size) == (1000, 40, 100_000)
     assert not big.brute_force
     assert ScannConfig.for_pool(5000).brute_force
     assert ScannConfig.for_pool(40_000, num_leaves=50).leaves_to_search == 8

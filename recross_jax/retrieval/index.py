@@ -73,7 +73,7 @@ class Index:
           k: results per query; a k above the pool size returns the whole pool.
         Returns:
           ids: str array [q, min(k, count)]; scores: float32 array of the same shape, descending
-          along each row (inner products of the, for cosine normalised, vectors).
+          along each row (inner products; of L2-normalised vectors for cosine).
         """
         queries = _check_vectors(queries, "queries", dims=self.dims)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -221,7 +221,7 @@ class ScannConfig:
 
         num_leaves ~ sqrt(count) keeps leaves and leaf size balanced (about 1000 x 1000 at 1M);
         `search_fraction` of the leaves is searched (at least 8); the tree and the codebooks
-        train on up to 250k sampled rows, and on the whole pool when it is smaller.
+        train on a tenth of the pool, at least 100k rows (the whole pool when it is smaller).
         """
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - fields)
@@ -235,7 +235,7 @@ class ScannConfig:
             "brute_force": count < brute_force_below,
             "num_leaves": num_leaves,
             "leaves_to_search": min(num_leaves, max(8, math.ceil(search_fraction * num_leaves))),
-            "training_sample_size": min(count, 250_000),
+            "training_sample_size": min(count, max(100_000, count // 10)),
         }
         values.update(overrides)
         return cls(**values)
