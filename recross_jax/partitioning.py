@@ -128,14 +128,20 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> NamedShar
 
 
 def shard_batch(batch: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
-    """Places a pytree of host (numpy) batch arrays on `mesh`, split along the batch axis."""
+    """Places a pytree of host (numpy) batch arrays on `mesh`, split along the batch axis.
+
+    Each process passes its own slice of the global batch (the whole batch when there is one
+    process), as a data loader on a multi-host pod produces it.
+    """
     sharding = batch_sharding(mesh, rules)
     data_size = int(np.prod([mesh.shape[a] for a in _mesh_axes_of(sharding.spec[0])]))
     for leaf in jax.tree_util.tree_leaves(batch):
-        if np.shape(leaf)[0] % data_size:
-            raise UserError(f"batch size {np.shape(leaf)[0]} is not divisible by the "
+        global_size = np.shape(leaf)[0] * jax.process_count()
+        if global_size % data_size:
+            raise UserError(f"batch size {global_size} is not divisible by the "
                             f"{data_size} data-parallel devices")
-    return jax.device_put(batch, sharding)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
 def _mesh_axes_of(entry: Any) -> tuple[str, ...]:
