@@ -127,8 +127,9 @@ class Retriever:
                  exclude_tasks: Sequence[str] = ()) -> list[dict]:
         """SPEC §1.2: the aggregated top `num_candidates` pool rows for the queries, with scores.
 
-        `exclude_tasks` drops candidates whose task starts with any of these prefixes (the
-        group-removal ablation) before aggregation; the search then goes deeper to make up.
+        `exclude_tasks` drops candidates of these tasks, or of their subtasks (`name.*`), before
+        aggregation (mining's same-task rule and the group-removal ablation); the search then
+        goes deeper to make up.
         """
         if num_candidates < 1:
             raise UserError(f"--k must be at least 1, got {num_candidates}")
@@ -140,7 +141,7 @@ class Retriever:
         while True:
             ids, scores = self.index.search(vectors, min(k, len(self.index)))
             if excluded:
-                keep = np.array([[not self.rows_by_id[i]["task"].startswith(excluded) for i in row]
+                keep = np.array([[not in_groups(self.rows_by_id[i]["task"], excluded) for i in row]
                                  for row in ids])
                 depth = int(keep.sum(axis=1).min())
                 ids = np.stack([row[mask][:depth] for row, mask in zip(ids, keep)])
@@ -168,6 +169,11 @@ def task_distribution(rows: Sequence[dict]) -> str:
     lines = [f"{'upstream task'.ljust(width)}  count  share"]
     lines += [f"{task.ljust(width)}  {n:5d}  {n / len(rows):5.1%}" for task, n in counts.most_common()]
     return "\n".join(lines)
+
+
+def in_groups(task: str, groups: tuple[str, ...]) -> bool:
+    """Whether `task` is one of `groups` or a subtask of one (`group.subtask`)."""
+    return any(task == group or task.startswith(group + ".") for group in groups)
 
 
 def _warn_truncation(queries: Sequence[str], embedder: embed.T5EncoderEmbedder) -> None:
