@@ -191,7 +191,8 @@ def test_default_cap_is_read_from_gin_when_used(bb, fake):
         assert mixture.get_rate(task) == 3
         assert len([r for r in bb.pool(f"{P}_upstream") if r["task"] == task.name]) == 3
     finally:
-        gin.clear_config()
+        with gin.unlock_config():
+            gin.bind_parameter("tasks.bigbench.upstream_cap.cap", bb.DEFAULT_CAP)
     assert len(names) == 10
 
 
