@@ -136,7 +136,6 @@ def run_eval(model_dir: str, task: str, split: str = "test", out_dir: str | None
       one of their answer choices (absent when none has choices), `em`, `soft_em` and
       `rouge_l` of the greedy decodes (when `decode`), and example counts. All in [0, 1].
     """
-    import tqdm  # pylint: disable=import-outside-toplevel
     if batch_size < 1:
         raise UserError(f"batch_size must be positive, got {batch_size}")
     if not os.path.isdir(model_dir):
@@ -152,7 +151,30 @@ def run_eval(model_dir: str, task: str, split: str = "test", out_dir: str | None
     mesh = partitioning.create_mesh(num_partitions)
     _, params = checkpoints.restore_model(model_dir, step,
                                           shardings=inference.param_shardings(model, mesh))
+    results, predictions, choice_scores = evaluate_params(
+        config, params, examples, vocabulary, mesh=mesh, batch_size=batch_size,
+        length_normalize=length_normalize, decode=decode, max_decode_length=max_decode_length,
+        progress=progress, desc=f"eval {task}:{split}")
+    results.update(task=task, split=split, checkpoint=os.path.abspath(model_dir), step=step,
+                   length_normalize=length_normalize)
+    out_dir = out_dir or os.path.join(model_dir, "eval", f"{task}.{split}")
+    _write_outputs(out_dir, examples, predictions, choice_scores, results)
+    return results
 
+
+def evaluate_params(config: Any, params: Any, examples: Sequence[EvalExample], vocabulary: Any, *,
+                    mesh: Any, batch_size: int = inference.DEFAULT_BATCH_SIZE,
+                    length_normalize: bool = False, decode: bool = True,
+                    max_decode_length: int | None = None, progress: bool = True,
+                    desc: str = "eval") -> tuple[dict[str, Any], list[str | None],
+                                                 list[list[float] | None]]:
+    """Rank classification and greedy decoding of in-memory `params` on `examples`.
+
+    Returns (metrics, predictions, choice scores); see `run_eval` for the metrics. Re-learning
+    (`generalize.py`) evaluates its fine-tuned copies through this without writing a checkpoint.
+    """
+    import tqdm  # pylint: disable=import-outside-toplevel
+    model = Transformer(config)
     n = len(examples)
     inputs = inference.pad_tokens([e.input_tokens for e in examples])
     choices = inference.pad_choices([e.choice_tokens for e in examples])
@@ -161,7 +183,7 @@ def run_eval(model_dir: str, task: str, split: str = "test", out_dir: str | None
         max_decode_length = max(len(e.target_tokens) for e in examples)
     predictions: list[str | None] = [None] * n
     choice_scores: list[list[float] | None] = [None] * n
-    with tqdm.tqdm(total=n, desc=f"eval {task}:{split}", unit="ex", disable=not progress) as bar:
+    with tqdm.tqdm(total=n, desc=desc, unit="ex", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             rows = start + np.nonzero(with_choices[start:stop])[0]
@@ -179,13 +201,9 @@ def run_eval(model_dir: str, task: str, split: str = "test", out_dir: str | None
                 for row, row_tokens in zip(range(start, stop), tokens):
                     predictions[row] = _decoded_text(vocabulary, row_tokens)
             bar.update(stop - start)
-
     results = _metrics(examples, predictions, choice_scores, decode)
-    results.update(task=task, split=split, checkpoint=os.path.abspath(model_dir), step=step,
-                   length_normalize=length_normalize, max_decode_length=max_decode_length)
-    out_dir = out_dir or os.path.join(model_dir, "eval", f"{task}.{split}")
-    _write_outputs(out_dir, examples, predictions, choice_scores, results)
-    return results
+    results["max_decode_length"] = max_decode_length
+    return results, predictions, choice_scores
 
 
 def _metrics(examples: Sequence[EvalExample], predictions: Sequence[str | None],
