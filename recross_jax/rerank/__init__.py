@@ -1,0 +1,1 @@
+"""Reranking: the cross-encoder reranker and the distant supervision mined to train it."""
