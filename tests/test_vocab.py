@@ -135,8 +135,8 @@ def test_train_from_tasks_feeds_inputs_targets_and_choices(three_families, tmp_p
     rows, plain = three_families
     seen = {}
 
-    def fake_train(texts, size, out, seed):
-        seen.update(texts=list(texts), size=size, out=out, seed=seed)
+    def fake_train(texts, size, out, seed, max_sentences):
+        seen.update(texts=list(texts), size=size, out=out, seed=seed, max_sentences=max_sentences)
         return out
 
     monkeypatch.setattr(vocab, "train_vocabulary", fake_train)
@@ -148,7 +148,7 @@ def test_train_from_tasks_feeds_inputs_targets_and_choices(three_families, tmp_p
         piqa["inputs"], PIQA_ROW["sol1"], PIQA_ROW["sol1"], PIQA_ROW["sol2"],
         rows[0]["inputs"], "yes", "yes", "no", rows[1]["inputs"], "yes", "yes", "no",
         plain[0]["inputs"], plain[0]["targets"], plain[1]["inputs"], plain[1]["targets"]]
-    assert (seen["size"], seen["seed"]) == (50, 7)
+    assert (seen["size"], seen["seed"], seen["max_sentences"]) == (50, 7, 100_000)
     with pytest.raises(UserError, match="unknown task or mixture: 'nope'"):
         vocab.train_vocabulary_from_tasks(["nope"], 50, "x.model")
 
@@ -160,3 +160,18 @@ def test_train_from_tasks_writes_a_usable_model(three_families, tmp_path):
     vocabulary = seqio.SentencePieceVocabulary(out, extra_ids=100)
     assert vocabulary.vocab_size == 150
     assert vocabulary.decode(vocabulary.encode("the cat is true")) == "the cat is true"
+
+
+def test_sentence_sample_is_seeded_uniform_and_keeps_order():
+    texts = [f"t{i:03d}" for i in range(200)]
+    sample = vocab._sample(iter(texts), 20, seed=0)  # pylint: disable=protected-access
+    assert len(sample) == 20 and sample == sorted(sample)
+    assert sample == vocab._sample(iter(texts), 20, seed=0)  # pylint: disable=protected-access
+    assert sample != vocab._sample(iter(texts), 20, seed=1)  # pylint: disable=protected-access
+    assert vocab._sample(iter(texts[:5]), 20, seed=0) == texts[:5]  # pylint: disable=protected-access
+    # Every text is equally likely: over many seeds, early and late texts are drawn as often.
+    counts = [0] * 200
+    for seed in range(300):
+        for text in vocab._sample(iter(texts), 20, seed):  # pylint: disable=protected-access
+            counts[int(text[1:])] += 1
+    assert abs(sum(counts[:100]) - sum(counts[100:])) < 0.1 * 300 * 20
