@@ -213,10 +213,6 @@ def restore_model(model_dir: str, step: int | None = None, shardings: Any = None
       UserError: a missing directory, config or checkpoint, or parameters that do not
         match the config (the first mismatching one is named).
     """
-    base = os.path.basename(os.path.abspath(model_dir))
-    match = _STEP_DIR.match(base)
-    if match and step is None:
-        step = int(match.group(1))
     if not os.path.isdir(model_dir):
         raise UserError(f"model directory not found: {model_dir}")
     config = read_model_config(model_dir)
@@ -229,9 +225,22 @@ def restore_model(model_dir: str, step: int | None = None, shardings: Any = None
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(device), abstract)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             abstract, shardings)
+    return config, restore_params(model_dir, abstract, step)
+
+
+def restore_params(model_dir: str, abstract_params: Any, step: int | None = None) -> Any:
+    """The parameters of a model directory's checkpoint, onto the shardings of
+    `abstract_params` (a pytree of `jax.ShapeDtypeStruct`), checked leaf by leaf against it.
+
+    Lower level than `restore_model`: the caller's parameter tree may come from a config that
+    differs from the saved one where no parameter depends on it (dropout, dtype).
+    """
+    match = _STEP_DIR.match(os.path.basename(os.path.abspath(model_dir)))
+    if match and step is None:
+        step = int(match.group(1))  # a checkpoint_<step> directory names its step
     manager = CheckpointManager(model_dir, read_only=True)
     try:
-        items, _ = manager.restore(step, {"params": abstract})
+        items, _ = manager.restore(step, {"params": abstract_params})
     finally:
         manager.close()
-    return config, items["params"]
+    return items["params"]

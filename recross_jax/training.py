@@ -1,0 +1,754 @@
+"""Training: the train state, losses, optimizers, schedules, jitted steps and the loop.
+
+The pieces later stages reuse (mining, re-learning, experts) are `TrainState.create`,
+`make_optimizer`, `make_schedule`, `make_train_step`, `make_eval_step` and `fit`; `train` is
+the full upstream loop (checkpoints, exact resume, evaluation, metrics) built from them:
+
+    state = TrainState.create(params, optimizer, seed=0)
+    step = make_train_step(model, optimizer, mesh=mesh, state_shardings=shardings)
+    state, history = fit(state, step, batches, mesh=mesh)
+
+Only jax, flax, optax and orbax are imported here: data arrive as iterators of numpy dicts
+with T5X feature names (`recross_jax.data` builds them from SeqIO).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from recross_jax import checkpoints, partitioning
+from recross_jax.errors import UserError
+from recross_jax.io_utils import write_text_atomic
+from recross_jax.models.t5 import T5Config, Transformer
+
+Batch = Mapping[str, np.ndarray]
+Metrics = dict[str, float]
+
+# Features the model reads; `decoder_loss_weights` is read by the loss only.
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                  "encoder_segment_ids", "decoder_segment_ids", "encoder_positions",
+                  "decoder_positions")
+REQUIRED_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+LOSS_NORMALIZERS = ("NUM_REAL_TARGET_TOKENS", "NUM_TOTAL_TARGET_TOKENS")
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN or infinite loss or gradient (usually a too-high learning rate)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# State.
+
+
+@struct.dataclass
+class TrainState:
+    """Everything that changes during training; a pytree of arrays (checkpointed as is).
+
+    Attributes:
+      step: number of optimizer updates applied (int32 scalar).
+      params: unboxed model parameters.
+      opt_state: optimizer state of the transformation that created it.
+      rng: raw uint32 PRNG key; each step derives its dropout key by folding in `step`, so a
+        resumed run draws the same randomness as an uninterrupted one.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+    @classmethod
+    def create(cls, params: Any, optimizer: optax.GradientTransformation,
+               seed: int = 0) -> TrainState:
+        """A fresh state at step 0 for (unboxed) `params`."""
+        return cls(step=jnp.zeros((), jnp.int32), params=params,
+                   opt_state=optimizer.init(params), rng=jax.random.PRNGKey(seed))
+
+
+def state_shardings(boxed_params: Any, optimizer: optax.GradientTransformation,
+                    mesh: Mesh, rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES
+                    ) -> TrainState:
+    """`NamedSharding`s for a `TrainState` (as a TrainState of shardings).
+
+    Args:
+      boxed_params: parameters (or their `jax.eval_shape`) still in `nn.LogicallyPartitioned`
+        boxes; optimizer moments inherit the boxes through `optimizer.init`.
+      optimizer: the transformation whose state is sharded.
+      mesh: target mesh.
+      rules: logical axis rules.
+    """
+    abstract_opt_state = jax.eval_shape(optimizer.init, boxed_params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return TrainState(
+        step=replicated,
+        params=partitioning.param_shardings(boxed_params, mesh, rules),
+        opt_state=partitioning.param_shardings(abstract_opt_state, mesh, rules),
+        rng=replicated)
+
+
+def abstract_params(config: T5Config) -> Any:
+    """Shapes of the T5 parameters, still boxed with their logical axis names (no compute)."""
+    dummy = jnp.ones((1, 1), jnp.int32)
+    return jax.eval_shape(lambda rng: Transformer(config).init(rng, dummy, dummy, dummy),
+                          jax.random.PRNGKey(0))["params"]
+
+
+def init_params(config: T5Config, seed: int, mesh: Mesh,
+                rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES) -> Any:
+    """Randomly initialised, unboxed T5 parameters placed on their shards of `mesh`."""
+    dummy = jnp.ones((1, 1), jnp.int32)
+    params, _ = partitioning.sharded_init(
+        lambda rng: Transformer(config).init(rng, dummy, dummy, dummy)["params"],
+        jax.random.PRNGKey(seed), mesh, rules)
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses (T5X semantics).
+
+
+@jax.custom_vjp
+def cross_entropy_with_logits(logits: jax.Array, soft_targets: jax.Array,
+                              z_loss: float) -> tuple[jax.Array, jax.Array]:
+    """Per-token cross entropy against soft targets plus `z_loss * log(Z)^2`.
+
+    Returns (loss including the z-loss term, the z-loss term), both [..., length]. The
+    custom gradient is T5X's: it reuses the softmax of the forward pass, which is cheaper and
+    more stable than differentiating `logsumexp`.
+    """
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    loss = -jnp.sum(soft_targets * (logits - log_z[..., None]), axis=-1)
+    z_term = z_loss * jnp.square(log_z)
+    return loss + z_term, z_term
+
+
+def _cross_entropy_fwd(logits: jax.Array, soft_targets: jax.Array, z_loss: float):
+    shifted = logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+    exp_shifted = jnp.exp(shifted)
+    sum_exp = jnp.sum(exp_shifted, axis=-1, keepdims=True)
+    log_softmax = shifted - jnp.log(sum_exp)
+    log_z = jnp.squeeze(jnp.log(sum_exp), -1) + logits.max(axis=-1)
+    z_term = z_loss * jnp.square(log_z)
+    loss = -jnp.sum(soft_targets * log_softmax, axis=-1) + z_term
+    return (loss, z_term), (soft_targets, z_loss, exp_shifted / sum_exp, log_softmax, log_z)
+
+
+def _cross_entropy_bwd(residuals, grads):
+    soft_targets, z_loss, softmax, log_softmax, log_z = residuals
+    g = grads[0]  # the z-loss output is for logging; its gradient is already in the loss
+    d_logits = (1.0 + 2.0 * z_loss * log_z)[..., None] * softmax - soft_targets
+    return (g[..., None] * d_logits, -g[..., None] * log_softmax, jnp.zeros_like(z_loss))
+
+
+cross_entropy_with_logits.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+
+
+def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+                           label_smoothing: float = 0.0, z_loss: float = 0.0
+                           ) -> tuple[jax.Array, jax.Array]:
+    """Sums over tokens of (cross entropy, z-loss), weighted; T5X's label-smoothing semantics.
+
+    With smoothing the target puts `1 - label_smoothing` on the label and spreads the rest over
+    the other classes; the entropy of that distribution is subtracted so a perfect model
+    scores 0.
+    """
+    vocab = logits.shape[-1]
+    confidence = 1.0 - label_smoothing
+    low = label_smoothing / (vocab - 1)
+    entropy = -(confidence * math.log(confidence)
+                + (vocab - 1) * low * math.log(low + 1e-20)) if label_smoothing else 0.0
+    soft = jax.nn.one_hot(targets, vocab, dtype=logits.dtype) * (confidence - low) + low
+    loss, z_term = cross_entropy_with_logits(logits, soft, jnp.asarray(z_loss, logits.dtype))
+    return jnp.sum((loss - entropy) * weights), jnp.sum(z_term * weights)
+
+
+def loss_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
+    """`decoder_loss_weights` when present, else 1 on every non-padding target token."""
+    if "decoder_loss_weights" in batch:
+        return batch["decoder_loss_weights"].astype(jnp.float32)
+    return (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
+
+
+def loss_normalizer(batch: Mapping[str, jax.Array],
+                    loss_normalizing_factor: float | str | None) -> jax.Array:
+    """What the summed loss is divided by (T5X's `loss_normalizing_factor`).
+
+    'NUM_REAL_TARGET_TOKENS': the sum of the loss weights; 'NUM_TOTAL_TARGET_TOKENS':
+    batch × target length; a number: that constant; None: 1 (the plain sum).
+    """
+    if loss_normalizing_factor is None:
+        return jnp.ones((), jnp.float32)
+    if isinstance(loss_normalizing_factor, str):
+        name = loss_normalizing_factor.upper()
+        if name == "NUM_REAL_TARGET_TOKENS":
+            # max(., 1): a batch of pure padding contributes zero loss instead of NaN.
+            return jnp.maximum(jnp.sum(loss_weights(batch)), 1.0)
+        if name == "NUM_TOTAL_TARGET_TOKENS":
+            return jnp.asarray(float(np.prod(batch["decoder_target_tokens"].shape)))
+        raise UserError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use a "
+                        f"number, None or one of {', '.join(LOSS_NORMALIZERS)}")
+    return jnp.asarray(float(loss_normalizing_factor), jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers and schedules.
+
+
+def make_schedule(name: str = "constant", base_learning_rate: float = 1e-3,
+                  warmup_steps: int = 0, total_steps: int | None = None,
+                  end_learning_rate: float = 0.0) -> optax.Schedule:
+    """A learning-rate schedule as a function of the update count (0 for the first update).
+
+    Args:
+      name: 'constant' (after an optional linear warmup from 0); 'linear' (linear warmup from
+        0, then linear decay to `end_learning_rate` at `total_steps`, as HF's
+        `get_linear_schedule_with_warmup`); 'rsqrt' (T5's `rsqrt_decay`:
+        base / sqrt(max(step, warmup_steps)), constant during warmup).
+      base_learning_rate: the peak (constant, linear) or the numerator (rsqrt).
+      warmup_steps: warmup length in updates.
+      total_steps: end of the linear decay (required for 'linear').
+      end_learning_rate: value reached at `total_steps` by 'linear'.
+    """
+    if warmup_steps < 0:
+        raise UserError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if name == "rsqrt" and warmup_steps < 1:
+        raise UserError("the rsqrt schedule needs warmup_steps >= 1 (its value at step 0 is "
+                        "base / sqrt(warmup_steps))")
+    if name == "linear" and (total_steps is None or total_steps <= warmup_steps):
+        raise UserError(f"the linear schedule needs total_steps > warmup_steps, got "
+                        f"total_steps={total_steps}, warmup_steps={warmup_steps}")
+    if name not in ("constant", "linear", "rsqrt"):
+        raise UserError(f"unknown learning-rate schedule {name!r}; use constant, linear or rsqrt")
+
+    def schedule(count: jax.Array) -> jax.Array:
+        step = jnp.asarray(count, jnp.float32)
+        if name == "rsqrt":
+            return base_learning_rate * jax.lax.rsqrt(jnp.maximum(step, float(warmup_steps)))
+        warmup = jnp.minimum(1.0, step / warmup_steps) if warmup_steps else 1.0
+        if name == "constant":
+            return base_learning_rate * warmup
+        decay = jnp.clip((step - warmup_steps) / (total_steps - warmup_steps), 0.0, 1.0)
+        return warmup * (base_learning_rate + (end_learning_rate - base_learning_rate) * decay)
+
+    return schedule
+
+
+def make_optimizer(name: str = "adafactor",
+                   learning_rate: float | optax.Schedule = 1e-3,
+                   clip_grad_norm: float | None = None,
+                   weight_decay: float = 0.0,
+                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   decay_rate: float = 0.8, clipping_threshold: float | None = 1.0,
+                   multiply_by_parameter_scale: bool = True) -> optax.GradientTransformation:
+    """Adafactor (T5X's defaults) or AdamW, after optional global-norm gradient clipping.
+
+    The learning rate is injected as a hyperparameter, so the current value lives in the
+    optimizer state (checkpointed, and reported by the train step as `learning_rate`).
+
+    Args:
+      name: 'adafactor' or 'adamw'.
+      learning_rate: a constant or a schedule of the update count.
+      clip_grad_norm: clip the gradients' global norm to this value first (None: no clip).
+      weight_decay: decoupled weight decay (AdamW's `weight_decay`, Adafactor's
+        `weight_decay_rate`).
+      b1, b2, eps: AdamW moments and epsilon.
+      decay_rate, clipping_threshold, multiply_by_parameter_scale: Adafactor's second-moment
+        decay exponent, update clipping and relative step size (T5X: 0.8, 1.0, True).
+    """
+    if name not in ("adafactor", "adamw"):
+        raise UserError(f"unknown optimizer {name!r}; use adafactor or adamw")
+    if clip_grad_norm is not None and clip_grad_norm <= 0:
+        raise UserError(f"clip_grad_norm must be positive or None, got {clip_grad_norm}")
+
+    def build(learning_rate: Any) -> optax.GradientTransformation:
+        if name == "adamw":
+            base = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+        else:
+            base = optax.adafactor(
+                learning_rate, decay_rate=decay_rate, clipping_threshold=clipping_threshold,
+                multiply_by_parameter_scale=multiply_by_parameter_scale,
+                weight_decay_rate=weight_decay or None)
+        if clip_grad_norm is None:
+            return base
+        return optax.chain(optax.clip_by_global_norm(clip_grad_norm), base)
+
+    return optax.inject_hyperparams(build)(learning_rate=learning_rate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps.
+
+
+def _model_inputs(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: batch[k] for k in MODEL_FEATURES if k in batch}
+
+
+def _split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int
+                        ) -> dict[str, jax.Array]:
+    """[B, ...] -> [num_microbatches, B / num_microbatches, ...], microbatch i = rows i::n.
+
+    Strided rows keep each data-parallel device's rows on that device (a contiguous block of B
+    splits into contiguous blocks of every microbatch).
+    """
+    def split(x: jax.Array) -> jax.Array:
+        if x.shape[0] % num_microbatches:
+            raise UserError(f"batch size {x.shape[0]} is not divisible by "
+                            f"num_microbatches={num_microbatches}")
+        x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+        return jnp.moveaxis(x, 1, 0)
+    return {k: split(v) for k, v in batch.items()}
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
+                    label_smoothing: float = 0.0, z_loss: float = 1e-4,
+                    loss_normalizing_factor: float | str | None = "NUM_REAL_TARGET_TOKENS",
+                    num_microbatches: int = 1, mesh: Mesh | None = None,
+                    state_shardings: TrainState | None = None,
+                    rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES,
+                    jit: bool = True) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """A train step `(state, batch) -> (state, metrics)`.
+
+    The loss is summed over the whole batch and divided by one normaliser computed on the whole
+    batch, so `num_microbatches` > 1 (gradient accumulation) gives the gradient of the big
+    batch. Metrics (device scalars): `loss` (the optimised objective), `z_loss`, `accuracy`
+    (token level), `target_tokens` (sum of loss weights), `grad_norm` (before clipping) and
+    `learning_rate` (when the optimizer injects it).
+
+    Args:
+      model: a Flax module called as `model.apply({'params': p}, **features,
+        enable_dropout=True, rngs={'dropout': key})` returning logits.
+      optimizer: the transformation that created `state.opt_state`.
+      label_smoothing, z_loss, loss_normalizing_factor: see `weighted_cross_entropy` and
+        `loss_normalizer`.
+      num_microbatches: gradient accumulation steps per batch (must divide the batch size).
+      mesh, state_shardings: with `jit`, shard the state as given (batch over `data`);
+        without a mesh, the step runs on the default device.
+      rules: logical axis rules active while tracing.
+      jit: return the pure function (e.g. to `jax.vmap` over stacked states) when False.
+    """
+    if num_microbatches < 1:
+        raise UserError(f"num_microbatches must be >= 1, got {num_microbatches}")
+
+    def step_fn(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+        normalizer = loss_normalizer(batch, loss_normalizing_factor)
+        step_rng = jax.random.fold_in(state.rng, state.step)
+
+        def grads_of(micro: Mapping[str, jax.Array], rng: jax.Array):
+            def loss_fn(params: Any):
+                logits = model.apply({"params": params}, **_model_inputs(micro),
+                                     enable_dropout=True, rngs={"dropout": rng})
+                weights = loss_weights(micro)
+                loss_sum, z_sum = weighted_cross_entropy(
+                    logits, micro["decoder_target_tokens"], weights, label_smoothing, z_loss)
+                correct = jnp.sum((logits.argmax(-1) == micro["decoder_target_tokens"])
+                                  * weights)
+                return loss_sum / normalizer, (z_sum / normalizer, correct, jnp.sum(weights))
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            return grads, (loss,) + aux
+
+        if num_microbatches == 1:
+            grads, sums = grads_of(batch, step_rng)
+        else:
+            micro = _split_microbatches(batch, num_microbatches)
+
+            def accumulate(carry, xs):
+                index, micro_batch = xs
+                grads, sums = grads_of(micro_batch, jax.random.fold_in(step_rng, index))
+                return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+            zeros = (jax.tree.map(jnp.zeros_like, state.params),
+                     tuple(jnp.zeros((), jnp.float32) for _ in range(4)))
+            (grads, sums), _ = jax.lax.scan(
+                accumulate, zeros, (jnp.arange(num_microbatches), micro))
+        loss, z_sum, correct, weight_sum = sums
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "z_loss": z_sum,
+                   "accuracy": correct / jnp.maximum(weight_sum, 1.0),
+                   "target_tokens": weight_sum, "grad_norm": optax.tree.norm(grads)}
+        # `inject_hyperparams` records the rate this update used in the new state.
+        hyperparams = getattr(opt_state, "hyperparams", {})
+        if "learning_rate" in hyperparams:
+            metrics["learning_rate"] = hyperparams["learning_rate"]
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    if not jit:
+        return step_fn
+    if mesh is None:
+        return jax.jit(step_fn, donate_argnums=0)
+    if state_shardings is None:
+        raise ValueError("make_train_step with a mesh needs state_shardings")
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(step_fn, in_shardings=(state_shardings,
+                                            partitioning.batch_sharding(mesh, rules)),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    return _under_mesh(jitted, mesh, rules)
+
+
+def make_eval_step(model: nn.Module, *, mesh: Mesh | None = None,
+                   param_shardings: Any = None,
+                   rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES
+                   ) -> Callable[[Any, Batch], dict]:
+    """An eval step `(params, batch) -> sums` of `nll` (summed token negative log-likelihood,
+    no smoothing or z-loss), `correct` (argmax hits) and `target_tokens` (loss weights).
+
+    Sums, not means, so that batches (and padded final batches) aggregate exactly.
+    """
+    def step_fn(params: Any, batch: Mapping[str, jax.Array]) -> dict:
+        logits = model.apply({"params": params}, **_model_inputs(batch), enable_dropout=False)
+        weights = loss_weights(batch)
+        nll, _ = weighted_cross_entropy(logits, batch["decoder_target_tokens"], weights)
+        correct = jnp.sum((logits.argmax(-1) == batch["decoder_target_tokens"]) * weights)
+        return {"nll": nll, "correct": correct, "target_tokens": jnp.sum(weights)}
+
+    if mesh is None:
+        return jax.jit(step_fn)
+    if param_shardings is None:
+        raise ValueError("make_eval_step with a mesh needs param_shardings")
+    jitted = jax.jit(step_fn,
+                     in_shardings=(param_shardings, partitioning.batch_sharding(mesh, rules)),
+                     out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return _under_mesh(jitted, mesh, rules)
+
+
+def _under_mesh(fn: Callable, mesh: Mesh, rules: partitioning.LogicalRules) -> Callable:
+    """Calls `fn` with `mesh` and `rules` active (logical constraints resolve at trace time)."""
+    @functools.wraps(fn)
+    def wrapped(*args: Any) -> Any:
+        with partitioning.activate(mesh, rules):
+            return fn(*args)
+    return wrapped
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side helpers shared by `fit` and `train`.
+
+
+def put_batch(batch: Batch, mesh: Mesh | None,
+              rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES) -> dict:
+    """Moves a host batch onto the devices (this process's rows of the global batch)."""
+    missing = [k for k in REQUIRED_FEATURES if k not in batch]
+    if missing:
+        raise UserError(f"batch lacks feature {missing[0]!r} (has {sorted(batch)})")
+    if mesh is None:
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+    sharding = partitioning.batch_sharding(mesh, rules)
+    data_size = mesh.shape["data"]
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.shape[0] * jax.process_count() % data_size:
+            raise UserError(f"batch size {value.shape[0] * jax.process_count()} is not "
+                            f"divisible by the {data_size} data-parallel devices")
+        out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out
+
+
+def count_tokens(batch: Batch) -> int:
+    """Non-padding input plus target tokens of a host batch (for tokens/s)."""
+    return int(np.count_nonzero(batch["encoder_input_tokens"])
+               + np.count_nonzero(batch["decoder_target_tokens"]))
+
+
+def check_finite(step: int, metrics: Mapping[str, float]) -> None:
+    """Raises `NonFiniteLossError` naming the step if the loss or gradient norm is NaN/inf."""
+    bad = {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics
+           and not math.isfinite(metrics[k])}
+    if bad:
+        details = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteLossError(f"non-finite training loss at step {step}: {details} "
+                                 f"(loss={metrics.get('loss')}); lower the learning rate or "
+                                 "enable gradient clipping")
+
+
+def _to_host(metrics: Mapping[str, jax.Array]) -> Metrics:
+    return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+def fit(state: TrainState, train_step: Callable, batches: Iterable[Batch], *,
+        num_steps: int | None = None, mesh: Mesh | None = None,
+        rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES,
+        progress: bool = False, desc: str = "fine-tune") -> tuple[TrainState, list[Metrics]]:
+    """Runs `train_step` over `batches` (at most `num_steps`); returns the state and the
+    per-step host metrics. Stops with `NonFiniteLossError` on a NaN/inf loss.
+
+    For fine-tunes (mining, re-learning); `train` adds checkpoints, resume and evaluation.
+    """
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    history: list[Metrics] = []
+    batches = itertools.islice(batches, num_steps) if num_steps is not None else batches
+    first_step = int(jax.device_get(state.step))
+    for i, batch in enumerate(tqdm(batches, total=num_steps, desc=desc, disable=not progress)):
+        state, metrics = train_step(state, put_batch(batch, mesh, rules))
+        history.append(_to_host(metrics))
+        check_finite(first_step + i + 1, history[-1])
+    return state, history
+
+
+def evaluate(eval_step: Callable, params: Any, batches: Iterable[Batch],
+             mesh: Mesh | None = None,
+             rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES) -> Metrics:
+    """Token-level `loss` (mean NLL) and `accuracy` of `params` over `batches`."""
+    totals = {"nll": 0.0, "correct": 0.0, "target_tokens": 0.0}
+    for batch in batches:
+        for key, value in _to_host(eval_step(params, put_batch(batch, mesh, rules))).items():
+            totals[key] += value
+    tokens = max(totals["target_tokens"], 1.0)
+    return {"loss": totals["nll"] / tokens, "accuracy": totals["correct"] / tokens,
+            "target_tokens": totals["target_tokens"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The upstream loop.
+
+
+class MetricsLog:
+    """Appends metric records to `metrics.jsonl` (and TensorBoard via clu when asked)."""
+
+    def __init__(self, model_dir: str, start_step: int, tensorboard: bool = False):
+        self.path = os.path.join(model_dir, METRICS_FILE)
+        # A resumed run repeats the steps after its checkpoint: drop their old records.
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                kept = [line for line in f if line.strip()
+                        and json.loads(line).get("step", 0) <= start_step]
+            write_text_atomic(self.path, "".join(kept))
+        self.writer = None
+        if tensorboard:
+            try:
+                from clu import metric_writers  # pylint: disable=import-outside-toplevel
+            except ImportError:
+                pass  # TensorBoard is optional; metrics.jsonl is always written
+            else:
+                self.writer = metric_writers.create_default_writer(model_dir, asynchronous=False)
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
+        if self.writer is not None:
+            self.writer.write_scalars(step, dict(metrics))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+
+def train(*, model_dir: str,
+          train_dataset_fn: Callable[..., Iterator[Batch]],
+          train_steps: int,
+          optimizer: optax.GradientTransformation,
+          model_config: T5Config | None = None,
+          init_checkpoint: str | None = None,
+          eval_dataset_fn: Callable[[], Iterable[Batch]] | None = None,
+          eval_period: int = 0,
+          checkpoint_period: int = 1000,
+          keep_checkpoints: int | None = None,
+          log_period: int = 10,
+          seed: int = 0,
+          num_partitions: int = 1,
+          num_microbatches: int = 1,
+          label_smoothing: float = 0.0,
+          z_loss: float = 1e-4,
+          loss_normalizing_factor: float | str | None = "NUM_REAL_TARGET_TOKENS",
+          progress: bool = True,
+          tensorboard: bool = False,
+          on_start: Callable[[str], None] | None = None) -> TrainState:
+    """Trains a T5 in `model_dir`, resuming exactly from its latest checkpoint if any.
+
+    The model directory ends up holding `model_config.json`, `checkpoint_<step>/` (params,
+    optimizer state, step, RNG and the data position), `metrics.jsonl` and whatever
+    `on_start` writes (the entry point writes `config.gin`).
+
+    Args:
+      model_dir: run directory (created if needed).
+      train_dataset_fn: called as `train_dataset_fn(start_step=k)`, returns an iterator of
+        numpy batches, deterministic so that resuming at step k yields the batches an
+        uninterrupted run sees from its k-th on (e.g. `data.get_dataset_iterator` bound by
+        gin).
+      train_steps: total number of optimizer steps (a resumed run continues up to it).
+      optimizer: e.g. `make_optimizer(...)`.
+      model_config: the network; None takes the one of `init_checkpoint`. It may differ from
+        the checkpoint's in what has no parameters (dropout, dtype).
+      init_checkpoint: model directory whose parameters start a fresh run (fine-tuning);
+        ignored when `model_dir` already has a checkpoint to resume from.
+      eval_dataset_fn: `() -> finite iterable of batches` evaluated every `eval_period` steps
+        and at the end.
+      eval_period: 0 disables periodic evaluation.
+      checkpoint_period: save every this many steps (and always at the end).
+      keep_checkpoints: keep only the newest N checkpoints (None keeps all).
+      log_period: steps between metric records (and progress-bar updates).
+      seed: parameter initialisation and dropout randomness.
+      num_partitions: model-parallel width of the `('data', 'model')` mesh.
+      num_microbatches, label_smoothing, z_loss, loss_normalizing_factor: see
+        `make_train_step`.
+      progress: show a tqdm progress bar.
+      tensorboard: also write TensorBoard summaries via clu when it is installed.
+      on_start: called with `model_dir` once the directory exists.
+
+    Returns:
+      The final state.
+    """
+    if train_steps < 0 or checkpoint_period < 1 or log_period < 1 or eval_period < 0:
+        raise UserError(f"train_steps >= 0, checkpoint_period >= 1, log_period >= 1 and "
+                        f"eval_period >= 0 required, got {train_steps}, {checkpoint_period}, "
+                        f"{log_period}, {eval_period}")
+    os.makedirs(model_dir, exist_ok=True)
+    if on_start is not None:
+        on_start(model_dir)
+    manager = checkpoints.CheckpointManager(model_dir, keep=keep_checkpoints)
+    resume_step = manager.latest_step()
+    config = _run_config(model_dir, model_config, init_checkpoint, resume_step is not None)
+    checkpoints.write_model_config(model_dir, config)
+
+    mesh = partitioning.create_mesh(num_partitions)
+    model = Transformer(config)
+    boxed = abstract_params(config)
+    shardings = state_shardings(boxed, optimizer, mesh)
+    if resume_step is not None:
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            jax.eval_shape(lambda p: TrainState.create(p, optimizer, seed), nn.unbox(boxed)),
+            shardings)
+        state, data_position = _restore_state(manager, resume_step, abstract)
+    else:
+        if init_checkpoint is not None:
+            params = _restore_params(init_checkpoint, boxed, shardings.params)
+        else:
+            params = init_params(config, seed, mesh)
+        state = jax.jit(lambda p: TrainState.create(p, optimizer, seed),
+                        out_shardings=shardings, donate_argnums=0)(params)
+        data_position = 0
+
+    train_step = make_train_step(
+        model, optimizer, label_smoothing=label_smoothing, z_loss=z_loss,
+        loss_normalizing_factor=loss_normalizing_factor, num_microbatches=num_microbatches,
+        mesh=mesh, state_shardings=shardings)
+    eval_step = make_eval_step(model, mesh=mesh, param_shardings=shardings.params)
+    step = int(jax.device_get(state.step))
+    log = MetricsLog(model_dir, step, tensorboard)
+    try:
+        state = _loop(state, step, train_steps, train_step,
+                      train_dataset_fn(start_step=data_position),
+                      manager, checkpoint_period, log, log_period, mesh, progress,
+                      lambda params: evaluate(eval_step, params, eval_dataset_fn(), mesh)
+                      if eval_dataset_fn is not None else None, eval_period)
+    finally:
+        manager.close()
+        log.close()
+    return state
+
+
+def _run_config(model_dir: str, model_config: T5Config | None, init_checkpoint: str | None,
+                resuming: bool) -> T5Config:
+    """The network of the run: as given, else the fine-tuned checkpoint's; a resumed run must
+    match the config saved in `model_dir`."""
+    if model_config is None and init_checkpoint is not None and not resuming:
+        model_config = checkpoints.read_model_config(init_checkpoint)
+    saved = checkpoints.read_model_config(model_dir) if resuming else None
+    config = model_config or saved
+    if config is None:
+        raise UserError("train needs model_config (or init_checkpoint) to start a new run in "
+                        f"{model_dir}")
+    if saved is not None and saved != config:
+        raise UserError(f"model_config differs from the one saved in {model_dir}: "
+                        f"{_first_difference(config, saved)}")
+    return config
+
+
+def _restore_params(init_checkpoint: str, boxed: Any, shardings: Any) -> Any:
+    """The latest parameters of `init_checkpoint`, checked against this run's shapes."""
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nn.unbox(boxed), shardings)
+    return checkpoints.restore_params(init_checkpoint, abstract)
+
+
+def _first_difference(a: T5Config, b: T5Config) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    key = next(k for k in sorted(da) if da[k] != db[k])
+    return f"{key}={da[key]!r} vs {db[key]!r}"
+
+
+def _restore_state(manager: checkpoints.CheckpointManager, step: int, abstract: TrainState
+                   ) -> tuple[TrainState, int]:
+    items, data = manager.restore(step, {
+        "params": abstract.params,
+        "train_state": {"opt_state": abstract.opt_state, "step": abstract.step,
+                        "rng": abstract.rng}})
+    extras = items["train_state"]
+    state = TrainState(step=extras["step"], params=items["params"],
+                       opt_state=extras["opt_state"], rng=extras["rng"])
+    return state, int(data["data_position"])
+
+
+def _save_state(manager: checkpoints.CheckpointManager, step: int, state: TrainState) -> None:
+    # One batch per step: the data position is the step count.
+    manager.save(step, {"params": state.params,
+                        "train_state": {"opt_state": state.opt_state, "step": state.step,
+                                        "rng": state.rng}},
+                 {"data_position": step})
+
+
+def _loop(state: TrainState, step: int, train_steps: int, train_step: Callable,
+          batches: Iterator[Batch], manager: checkpoints.CheckpointManager,
+          checkpoint_period: int, log: MetricsLog, log_period: int, mesh: Mesh, progress: bool,
+          run_eval: Callable[[Any], Metrics | None], eval_period: int) -> TrainState:
+    """Steps from `step` to `train_steps`, checking each loss one step late (so the host
+    never stalls the device queue) and saving, logging and evaluating on schedule."""
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=train_steps, initial=step, desc="train", unit="step", disable=not progress)
+    pending: tuple[int, dict, int] | None = None  # (step, device metrics, its tokens)
+    window_tokens, window_start = 0, time.perf_counter()
+
+    def settle(done_step: int, device_metrics: dict, tokens: int) -> None:
+        nonlocal window_tokens, window_start
+        metrics = _to_host(device_metrics)
+        check_finite(done_step, metrics)
+        window_tokens += tokens
+        if done_step % log_period == 0 or done_step == train_steps:
+            elapsed = time.perf_counter() - window_start
+            metrics["tokens_per_second"] = window_tokens / max(elapsed, 1e-9)
+            log.write(done_step, metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                            tok_s=f"{metrics['tokens_per_second']:.0f}")
+            window_tokens, window_start = 0, time.perf_counter()
+
+    while step < train_steps:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            raise UserError(f"training data ran out at step {step} of {train_steps}; use a "
+                            "repeating dataset") from None
+        state, metrics = train_step(state, put_batch(batch, mesh))
+        step += 1
+        if pending is not None:
+            settle(*pending)
+        pending = (step, metrics, count_tokens(batch))
+        bar.update(1)
+        at_end = step == train_steps
+        if step % checkpoint_period == 0 or at_end or (eval_period and step % eval_period == 0):
+            settle(*pending)  # never save or evaluate a diverged state
+            pending = None
+        if step % checkpoint_period == 0 or at_end:
+            _save_state(manager, step, state)
+        if (eval_period and step % eval_period == 0) or at_end:
+            eval_metrics = run_eval(state.params)
+            if eval_metrics is not None:
+                log.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+    if pending is not None:
+        settle(*pending)
+    bar.close()
+    return state
