@@ -65,11 +65,11 @@ def aggregate(ids: np.ndarray, scores: np.ndarray, num_candidates: int,
     if ids.ndim != 2 or ids.shape != scores.shape:
         raise UserError(f"aggregate needs ids and scores of one shape [queries, k], got "
                         f"{ids.shape} and {scores.shape}")
+    _check_mode(mode)
     depth = min(needed_k(ids.shape[0], num_candidates, "concat"), ids.shape[1])
     if mode == "concat":
-        return ids[:, :depth].reshape(-1)[:num_candidates], scores[:, :depth].reshape(-1)[
-            :num_candidates]
-    _check_mode(mode)
+        top_ids, top_scores = ids[:, :depth].reshape(-1), scores[:, :depth].reshape(-1)
+        return top_ids[:num_candidates], top_scores[:num_candidates]
     if mode == "dedup":
         # Concat order for ranks < K, then rank by rank across queries (round-robin).
         order_ids = np.concatenate([ids[:, :depth].reshape(-1), ids[:, depth:].T.reshape(-1)])
