@@ -14,7 +14,8 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gin
 import numpy as np
@@ -224,18 +225,17 @@ def _write_outputs(out_dir: str, examples: Sequence[EvalExample],
                    predictions: Sequence[str | None], choice_scores: Sequence[list[float] | None],
                    results: dict[str, Any]) -> None:
     os.makedirs(out_dir, exist_ok=True)
-    with atomic_path(os.path.join(out_dir, PREDICTIONS_FILE)) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for example, prediction, scores in zip(examples, predictions, choice_scores):
-                record: dict[str, Any] = {"example_id": example.example_id,
-                                          "inputs": example.inputs, "targets": example.targets}
-                if prediction is not None:
-                    record["prediction"] = prediction
-                if scores is not None:
-                    record.update(answer_choices=list(example.answer_choices),
-                                  choice_scores=scores,
-                                  choice_prediction=example.answer_choices[int(np.argmax(scores))])
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with (atomic_path(os.path.join(out_dir, PREDICTIONS_FILE)) as tmp,
+          open(tmp, "w", encoding="utf-8") as f):
+        for example, prediction, scores in zip(examples, predictions, choice_scores):
+            record: dict[str, Any] = {"example_id": example.example_id,
+                                      "inputs": example.inputs, "targets": example.targets}
+            if prediction is not None:
+                record["prediction"] = prediction
+            if scores is not None:
+                record.update(answer_choices=list(example.answer_choices), choice_scores=scores,
+                              choice_prediction=example.answer_choices[int(np.argmax(scores))])
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
     write_json_atomic(os.path.join(out_dir, METRICS_FILE), results)
     gin_utils.write_config(out_dir)
 

@@ -13,7 +13,8 @@ numpy arrays in input order. Log-probabilities are float32 natural logs.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -270,7 +271,7 @@ def param_shardings(model: nn.Module, mesh: Mesh,
     return _param_shardings(model, mesh, tuple(tuple(rule) for rule in rules))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _param_shardings(model: nn.Module, mesh: Mesh, rules: tuple) -> Any:
     dummy = jnp.ones((1, 1), jnp.int32)
     boxed = jax.eval_shape(functools.partial(model.init, enable_dropout=False),
@@ -278,7 +279,7 @@ def _param_shardings(model: nn.Module, mesh: Mesh, rules: tuple) -> Any:
     return partitioning.param_shardings(boxed["params"], mesh, rules)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(fn: Callable, model: nn.Module, mesh: Mesh, rules: tuple, num_arrays: int,
               **static: Any) -> Callable:
     """`fn(model, params, *arrays, **static)` jitted with params and batch shardings."""
@@ -329,7 +330,9 @@ def _run(fn: Callable, model: nn.Module, params: Params, arrays: Sequence[np.nda
             chunk = [_fit_length(a[start:start + rows]) for a in arrays]
             padding = rows - chunk[0].shape[0]
             chunk = [np.pad(c, [(0, padding)] + [(0, 0)] * (c.ndim - 1)) for c in chunk]
-            outputs.append(jax.device_get(step(params, *chunk)))
+            # Dispatch is asynchronous: the host pads the next batch while this one runs.
+            outputs.append(step(params, *chunk))
+    outputs = jax.device_get(outputs)
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n], *outputs)
 
 

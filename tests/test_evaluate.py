@@ -145,13 +145,14 @@ def test_length_normalize_and_no_decode(model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(task="no_such_task"), "unknown task: 'no_such_task'"),
-    (dict(split="train"), f"task '{TASK}' has no split 'train'"),
-    (dict(model_dir="/nonexistent/model"), "model directory not found: /nonexistent/model"),
-    (dict(batch_size=0), "batch_size must be positive"),
+    ({"task": "no_such_task"}, "unknown task: 'no_such_task'"),
+    ({"split": "train"}, f"task '{TASK}' has no split 'train'"),
+    ({"model_dir": "/nonexistent/model"}, "model directory not found: /nonexistent/model"),
+    ({"batch_size": 0}, "batch_size must be positive"),
 ])
 def test_run_eval_errors(model_dir, tmp_path, kwargs, message):
-    args = dict(model_dir=model_dir, task=TASK, split="test", out_dir=str(tmp_path / "out"))
+    args = {"model_dir": model_dir, "task": TASK, "split": "test",
+            "out_dir": str(tmp_path / "out")}
     args.update(kwargs)
     with pytest.raises(UserError, match=message):
         evaluate.run_eval(args.pop("model_dir"), args.pop("task"), args.pop("split"),

@@ -13,6 +13,9 @@ from recross_jax.models import t5
 
 VOCAB = 32
 MAX_DECODE = 6
+# Tests run on one device (cheap to execute); the 8-device test reruns the same calls, so their
+# one-device programs are already compiled.
+ONE_DEVICE = partitioning.create_mesh(devices=jax.devices()[:1])
 
 
 def _tiny(vocab_size: int = VOCAB) -> t5.Transformer:
@@ -24,7 +27,7 @@ def _tiny(vocab_size: int = VOCAB) -> t5.Transformer:
 def _init(model: t5.Transformer, seed: int = 0):
     """Unboxed random parameters as host arrays (callers must not depend on placement)."""
     dummy = jnp.ones((1, 4), jnp.int32)
-    variables = model.init(jax.random.PRNGKey(seed), dummy, dummy, dummy)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(seed), dummy, dummy, dummy)
     return jax.tree_util.tree_map(np.asarray, nn.unbox(variables["params"]))
 
 
@@ -89,20 +92,24 @@ def test_score_equals_full_forward_log_softmax(model_and_params, inputs):
     expected_sum = token.sum(-1)
     expected_mean = expected_sum / (targets > 0).sum(-1)
 
-    got_sum = inference.score(model, params, inputs, targets, batch_size=2)
+    got_sum = inference.score(model, params, inputs, targets, batch_size=2, mesh=ONE_DEVICE)
     got_mean = inference.score(model, params, inputs, targets, length_normalize=True,
-                               batch_size=2)
+                               batch_size=2, mesh=ONE_DEVICE)
     np.testing.assert_allclose(got_sum, expected_sum, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_mean, expected_mean, rtol=1e-5, atol=1e-5)
     assert np.all(got_sum < 0) and got_sum.shape == (5,)
 
 
-def test_rank_classify_matches_per_choice_forward(model_and_params, inputs):
-    model, params = model_and_params
+@pytest.fixture(scope="module")
+def choices():
+    """3, 2, 4, 1 and 3 answer choices of 2 to 5 tokens for the five inputs."""
     rng = np.random.default_rng(2)
-    ragged = [[list(rng.integers(2, VOCAB, size=rng.integers(1, 5))) + [1]
-               for _ in range(num)] for num in (3, 2, 4, 1, 3)]
-    choices = inference.pad_choices(ragged)
+    return inference.pad_choices([[list(rng.integers(2, VOCAB, size=rng.integers(1, 5))) + [1]
+                                   for _ in range(num)] for num in (3, 2, 4, 1, 3)])
+
+
+def test_rank_classify_matches_per_choice_forward(model_and_params, inputs, choices):
+    model, params = model_and_params
 
     expected = np.full(choices.shape[:2], -np.inf)
     expected_normalized = np.full(choices.shape[:2], -np.inf)
@@ -113,13 +120,15 @@ def test_rank_classify_matches_per_choice_forward(model_and_params, inputs):
         expected_normalized[present, j] = (token.sum(-1) / np.maximum(
             (choices[:, j] > 0).sum(-1), 1))[present]
 
-    predictions, scores = inference.rank_classify(model, params, inputs, choices, batch_size=4)
+    predictions, scores = inference.rank_classify(model, params, inputs, choices, batch_size=4,
+                                                  mesh=ONE_DEVICE)
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(predictions, np.argmax(expected, -1))
     assert np.isneginf(scores[3, 1:]).all()  # example 3 has a single choice
 
     predictions, scores = inference.rank_classify(model, params, inputs, choices,
-                                                  length_normalize=True, batch_size=4)
+                                                  length_normalize=True, batch_size=4,
+                                                  mesh=ONE_DEVICE)
     np.testing.assert_allclose(scores, expected_normalized, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(predictions, np.argmax(expected_normalized, -1))
 
@@ -130,8 +139,9 @@ def test_rank_classify_length_normalization_changes_the_winner(model_and_params,
     rng = np.random.default_rng(3)
     long_choice = list(rng.integers(2, VOCAB, size=8)) + [1]
     choices = inference.pad_choices([[[5, 1], long_choice]] * len(inputs))
-    _, summed = inference.rank_classify(model, params, inputs, choices)
-    _, mean = inference.rank_classify(model, params, inputs, choices, length_normalize=True)
+    _, summed = inference.rank_classify(model, params, inputs, choices, mesh=ONE_DEVICE)
+    _, mean = inference.rank_classify(model, params, inputs, choices, length_normalize=True,
+                                      mesh=ONE_DEVICE)
     np.testing.assert_allclose(mean, summed / np.array([2, 9]), rtol=1e-6)
 
 
@@ -176,7 +186,7 @@ def test_greedy_with_cache_equals_no_cache_loop(model_and_params, inputs, reacha
     expected_tokens, expected_total = _greedy_without_cache(model, params, inputs, MAX_DECODE,
                                                             reachable_eos)
     tokens, total = inference.greedy_decode(model, params, inputs, max_decode_length=MAX_DECODE,
-                                            eos_id=reachable_eos)
+                                            eos_id=reachable_eos, mesh=ONE_DEVICE)
     np.testing.assert_array_equal(tokens, expected_tokens)
     np.testing.assert_allclose(total, expected_total, rtol=1e-5, atol=1e-5)
     assert tokens[eos_row, eos_position] == reachable_eos
@@ -193,9 +203,10 @@ def test_beam_of_one_is_greedy(model_and_params, inputs, reachable_eos):
     model, params = model_and_params
     reachable_eos = reachable_eos[0]
     tokens, total = inference.greedy_decode(model, params, inputs, max_decode_length=MAX_DECODE,
-                                            eos_id=reachable_eos)
+                                            eos_id=reachable_eos, mesh=ONE_DEVICE)
     beams, scores = inference.beam_search(model, params, inputs, max_decode_length=MAX_DECODE,
-                                          beam_size=1, alpha=0.0, eos_id=reachable_eos)
+                                          beam_size=1, alpha=0.0, eos_id=reachable_eos,
+                                          mesh=ONE_DEVICE)
     np.testing.assert_array_equal(beams[:, 0], tokens)
     np.testing.assert_allclose(scores[:, 0], total, rtol=1e-5, atol=1e-5)
 
@@ -204,9 +215,11 @@ def test_wider_beam_scores_at_least_greedy(model_and_params, inputs, reachable_e
     model, params = model_and_params
     reachable_eos = reachable_eos[0]
     _, greedy_total = inference.greedy_decode(model, params, inputs,
-                                              max_decode_length=MAX_DECODE, eos_id=reachable_eos)
+                                              max_decode_length=MAX_DECODE, eos_id=reachable_eos,
+                                              mesh=ONE_DEVICE)
     beams, scores = inference.beam_search(model, params, inputs, max_decode_length=MAX_DECODE,
-                                          beam_size=4, alpha=0.0, eos_id=reachable_eos)
+                                          beam_size=4, alpha=0.0, eos_id=reachable_eos,
+                                          mesh=ONE_DEVICE)
     assert beams.shape == (len(inputs), 4, MAX_DECODE)
     assert np.all(scores[:, 0] >= greedy_total - 1e-5)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
@@ -242,38 +255,38 @@ def test_beam_search_is_exact_when_the_beam_covers_every_prefix():
         best.append((totals.max(), sequences[totals.argmax()] * (np.arange(max_len)
                                                                  < lengths[totals.argmax()])))
     beams, scores = inference.beam_search(model, params, inputs, max_decode_length=max_len,
-                                          beam_size=40, alpha=alpha, eos_id=eos)
+                                          beam_size=40, alpha=alpha, eos_id=eos,
+                                          mesh=ONE_DEVICE)
     for i, (best_score, best_seq) in enumerate(best):
         assert scores[i, 0] == pytest.approx(best_score, abs=1e-4)
         np.testing.assert_array_equal(beams[i, 0], best_seq)
 
 
-def test_identical_results_on_one_and_eight_devices(model_and_params, inputs, reachable_eos):
+def test_identical_results_on_one_and_eight_devices(model_and_params, inputs, choices,
+                                                    reachable_eos):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (simulated) devices")
     model, params = model_and_params
     reachable_eos = reachable_eos[0]
-    one = partitioning.create_mesh(devices=jax.devices()[:1])
     eight = partitioning.create_mesh(num_partitions=2)  # 4-way data x 2-way model parallel
     assert dict(eight.shape) == {"data": 4, "model": 2}
-    choices = inference.pad_choices([[[3, 1], [4, 5, 1], [7, 1]]] * len(inputs))
 
     def run(mesh):
-        kwargs = dict(mesh=mesh, batch_size=8)
         return {
-            "rank": inference.rank_classify(model, params, inputs, choices, **kwargs),
+            "rank": inference.rank_classify(model, params, inputs, choices, batch_size=4,
+                                            mesh=mesh),
             "greedy": inference.greedy_decode(model, params, inputs, max_decode_length=MAX_DECODE,
-                                              eos_id=reachable_eos, **kwargs),
+                                              eos_id=reachable_eos, mesh=mesh),
             "beam": inference.beam_search(model, params, inputs, max_decode_length=MAX_DECODE,
-                                          beam_size=3, eos_id=reachable_eos, **kwargs),
+                                          beam_size=4, alpha=0.0, eos_id=reachable_eos,
+                                          mesh=mesh),
         }
 
-    a, b = run(one), run(eight)
-    for name in a:
-        tokens_or_predictions_a, values_a = a[name]
-        tokens_or_predictions_b, values_b = b[name]
-        np.testing.assert_array_equal(tokens_or_predictions_a, tokens_or_predictions_b, name)
-        np.testing.assert_allclose(values_a, values_b, rtol=1e-5, atol=1e-5, err_msg=name)
+    one, many = run(ONE_DEVICE), run(eight)
+    for name in one:
+        np.testing.assert_array_equal(one[name][0], many[name][0], name)
+        np.testing.assert_allclose(one[name][1], many[name][1], rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
 
 
 def test_argument_errors(model_and_params, inputs):
