@@ -19,11 +19,12 @@ from typing import Any
 
 import gin
 import numpy as np
+from jax.sharding import Mesh
 
 from recross_jax import checkpoints, gin_utils, inference, metrics, partitioning
 from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_json_atomic
-from recross_jax.models.t5 import Transformer
+from recross_jax.models.t5 import T5Config, Transformer
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -163,8 +164,9 @@ def run_eval(model_dir: str, task: str, split: str = "test", out_dir: str | None
     return results
 
 
-def evaluate_params(config: Any, params: Any, examples: Sequence[EvalExample], vocabulary: Any, *,
-                    mesh: Any, batch_size: int = inference.DEFAULT_BATCH_SIZE,
+def evaluate_params(config: T5Config, params: Any, examples: Sequence[EvalExample],
+                    vocabulary: Any, *, mesh: Mesh,
+                    batch_size: int = inference.DEFAULT_BATCH_SIZE,
                     length_normalize: bool = False, decode: bool = True,
                     max_decode_length: int | None = None, progress: bool = True,
                     desc: str = "eval") -> tuple[dict[str, Any], list[str | None],
@@ -173,7 +175,10 @@ def evaluate_params(config: Any, params: Any, examples: Sequence[EvalExample], v
 
     Returns (metrics, predictions, choice scores); see `run_eval` for the metrics. Re-learning
     (`generalize.py`) evaluates its fine-tuned copies through this without writing a checkpoint.
+    The parameters may live anywhere; they are placed on `mesh` as the model's rules say.
     """
+    if not examples:
+        raise UserError("no examples to evaluate")
     import tqdm  # pylint: disable=import-outside-toplevel
     model = Transformer(config)
     n = len(examples)

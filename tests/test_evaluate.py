@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import seqio
 
-from recross_jax import checkpoints, evaluate, inference, metrics
+from recross_jax import checkpoints, evaluate, inference, metrics, partitioning
 from recross_jax.errors import UserError
 from recross_jax.models import t5
 
@@ -187,3 +187,21 @@ def test_main_prints_metrics_and_cli_reports_bad_checkpoint(model_dir, tmp_path,
                      "--tasks_module", "tasks.common"])
     assert code == 2
     assert "model directory not found" in capsys.readouterr().err
+
+
+def test_evaluate_params_in_memory_equals_run_eval(model_dir, first_run):
+    _, written = _read(first_run[0])
+    config, params = checkpoints.restore_model(model_dir)
+    examples, vocabulary = evaluate.load_examples(TASK, "test")
+    host_params = jax.tree_util.tree_map(np.asarray, params)  # not placed on any mesh
+    results, predictions, choice_scores = evaluate.evaluate_params(
+        config, host_params, examples, vocabulary, mesh=partitioning.create_mesh(),
+        batch_size=4, max_decode_length=MAX_DECODE, progress=False)
+    records, _ = _read(first_run[0])
+    assert predictions == [r["prediction"] for r in records]
+    assert [s is None for s in choice_scores] == ["choice_scores" not in r for r in records]
+    for name in ("accuracy", "em", "soft_em", "rouge_l", "num_examples"):
+        assert results[name] == pytest.approx(written[name])
+    with pytest.raises(UserError, match="no examples to evaluate"):
+        evaluate.evaluate_params(config, host_params, [], vocabulary,
+                                 mesh=partitioning.create_mesh(), progress=False)
