@@ -29,7 +29,10 @@ Mixtures. `bigbench_targets`: T0's 14 held-out BIG-bench targets (subtasks flatt
 name (e.g. `misconceptions_russian`). The per-task cap (default 1000, gin:
 `tasks.bigbench.upstream_cap.cap`) is used twice: as the mixing rate min(train examples, cap),
 for sampling through SeqIO, and as the number of examples per task that `pool()` yields when the
-mixture is read as a finite pool (the first `cap` of each task's hash-ordered split).
+mixture is read as a finite pool (the first `cap` of each task's hash-ordered split). Upstream
+tasks' train splits are capped at the source too (`examples`, `num_examples` and their SeqIO
+datasets hold the first `cap` examples, a uniform sample), so upstream data D is the capped pool
+and training on the mixture never reads a task's uncapped train split into memory.
 
 Import cost. Registration reads only the directory listing. Example counts (`num_examples`,
 used by the mixing rates) come from a small index in the asset cache, built once by reading
@@ -85,6 +88,9 @@ class _TaskFile:
 # (None: uncapped).
 _TASK_FILES: dict[str, _TaskFile] = {}
 _MIXTURE_CAPS: dict[str, Callable[[], int | None]] = {}
+# Upstream task name -> the cap on its train split: upstream data D is capped at the source, so
+# training through SeqIO never reads more of a task than the pool holds.
+_UPSTREAM_CAPS: dict[str, Callable[[], int | None]] = {}
 
 
 @gin.configurable
@@ -134,14 +140,16 @@ def examples(task_name: str, split: str) -> list[dict]:
     if split not in common.SPLITS:
         raise UserError(f"unknown split {split!r} for {task_name} "
                         f"(splits: {', '.join(common.SPLITS)})")
-    rows = _load(_task_file(task_name), task_name)[split]
+    rows = _load(_task_file(task_name), task_name)[split][:_train_cap(task_name, split)]
     return [dict(row, answer_choices=list(row["answer_choices"])) for row in rows]
 
 
 def num_examples(task_name: str, split: str) -> int:
     """The number of examples of a registered task's split, from the cached index."""
     task_file = _task_file(task_name)
-    return _index(task_file.tasks_dir)[task_file.relative][split]
+    count = _index(task_file.tasks_dir)[task_file.relative][split]
+    cap = _train_cap(task_name, split)
+    return count if cap is None else min(count, cap)
 
 
 def pool(mixture_name: str, split: str = "train") -> Iterator[dict]:
@@ -152,6 +160,12 @@ def pool(mixture_name: str, split: str = "train") -> Iterator[dict]:
     cap = _MIXTURE_CAPS[mixture_name]()
     for task in seqio.MixtureRegistry.get(mixture_name).tasks:
         yield from examples(task.name, split)[:cap]
+
+
+def _train_cap(task_name: str, split: str) -> int | None:
+    """The cap on an upstream task's train split (None: uncapped)."""
+    cap_fn = _UPSTREAM_CAPS.get(task_name)
+    return cap_fn() if cap_fn is not None and split == "train" else None
 
 
 def register_bigbench(tasks_dir: str, cap: int | None = None, prefix: str = PREFIX) -> list[str]:
@@ -178,8 +192,7 @@ def register_bigbench(tasks_dir: str, cap: int | None = None, prefix: str = PREF
         path = relative.split("/")[:-1]  # [task] or [task, subtask]
         name = ".".join([prefix, *path])
         _TASK_FILES[name] = _TaskFile(tasks_dir, relative)
-        # No `num_examples`: seqio's DataSource copies tasks.common's lazy counts with dict()
-        # while still empty, which breaks get_dataset; counts are served by `num_examples`.
+        # Counts are served by `num_examples` (from the cached index), not through seqio.
         common.register_task(name, functools.partial(examples, name))
         names.append(name)
         if path[0] in TARGETS:
@@ -190,6 +203,9 @@ def register_bigbench(tasks_dir: str, cap: int | None = None, prefix: str = PREF
         f"{prefix}_upstream": (upstream, lambda: cap if cap is not None else upstream_cap()),
         f"{prefix}_targets": (targets, lambda: None),
     }
+    upstream_cap_fn = mixtures[f"{prefix}_upstream"][1]
+    for name in upstream:
+        _UPSTREAM_CAPS[name] = upstream_cap_fn
     for mixture, (members, cap_fn) in mixtures.items():
         if members:
             common.register_mixture(mixture, members,

@@ -80,7 +80,6 @@ def dataset_from_examples(examples_fn: ExamplesFn, split: str) -> tf.data.Datase
 
 
 def register_task(name: str, examples_fn: ExamplesFn, *,
-                  num_examples: Callable[[str], int] | None = None,
                   metric_fns: Sequence[Callable] = (),
                   splits: Sequence[str] = SPLITS) -> seqio.Task:
     """Registers a seqio Task over `examples_fn(split)`, replacing any task of that name.
@@ -91,7 +90,6 @@ def register_task(name: str, examples_fn: ExamplesFn, *,
     source = seqio.FunctionDataSource(
         dataset_fn=lambda split, shuffle_files, seed=None: dataset_from_examples(examples_fn, split),
         splits=tuple(splits),
-        num_input_examples=_LazyCounts(num_examples, splits) if num_examples else None,
     )
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
@@ -110,23 +108,3 @@ def register_mixture(name: str, task_names: Sequence[str],
     if name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)
     return seqio.MixtureRegistry.add(name, [(t, rate) for t in task_names])
-
-
-class _LazyCounts(dict):
-    """Counts per split, computed on first access so importing a task module stays cheap."""
-
-    def __init__(self, count_fn: Callable[[str], int], splits: Sequence[str]):
-        super().__init__()
-        self._count_fn = count_fn
-        self._splits = tuple(splits)
-
-    def __getitem__(self, split: str) -> int:
-        if not dict.__contains__(self, split):
-            dict.__setitem__(self, split, self._count_fn(split))
-        return dict.__getitem__(self, split)
-
-    def __contains__(self, split: object) -> bool:
-        return split in self._splits
-
-    def get(self, split, default=None):
-        return self[split] if split in self else default

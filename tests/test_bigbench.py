@@ -39,10 +39,10 @@ def bb(tmp_path_factory):
 
 @pytest.fixture
 def fake(bb, tmp_path, monkeypatch):
-    """The fake tasks registered under `fakebench.*` with cap 5; yields the tasks dir."""
+    """The fake tasks registered under `fakebench.*` with the default cap (larger than any fake task); yields the tasks dir."""
     monkeypatch.setenv("RECROSS_CACHE", str(tmp_path / "cache"))
     tasks_dir = fx.write_tasks_dir(str(tmp_path))
-    names = bb.register_bigbench(tasks_dir, cap=5, prefix=P)
+    names = bb.register_bigbench(tasks_dir, prefix=P)
     yield tasks_dir
     for name in names:
         seqio.TaskRegistry.remove(name)
@@ -141,7 +141,7 @@ def test_splits_are_stable_across_registrations_and_processes(bb, fake, tmp_path
     assert _positions(bb.examples(f"{P}.mc_task", "validation")) == GOLDEN_MC_VALIDATION
     # A copy elsewhere, registered under another name, splits the same way.
     copy = shutil.copytree(fake, tmp_path / "copy")
-    names = bb.register_bigbench(str(copy), cap=5, prefix="otherbench")
+    names = bb.register_bigbench(str(copy), prefix="otherbench")
     try:
         for split in ("train", "validation", "test"):
             assert (_positions(bb.examples("otherbench.mc_task", split))
@@ -163,12 +163,20 @@ def test_mixture_membership(bb, fake):
     assert f"{P}.misconceptions_russian" not in upstream | targets
 
 
-def test_cap_is_the_rate_and_the_pool_size(bb, fake):
+def test_cap_is_the_rate_the_pool_size_and_the_train_split(bb, fake):
+    uncapped = {t.name: bb.num_examples(t.name, "train")
+                for t in seqio.MixtureRegistry.get(f"{P}_upstream").tasks}
+    full_mc = bb.examples(f"{P}.mc_task", "train")
+    bb.register_bigbench(fake, cap=5, prefix=P)
     mixture = seqio.MixtureRegistry.get(f"{P}_upstream")
     for task in mixture.tasks:
         count = bb.num_examples(task.name, "train")
-        assert mixture.get_rate(task) == min(count, 5)
-    assert bb.num_examples(f"{P}.mc_task", "train") > 5
+        assert count == min(uncapped[task.name], 5)
+        assert mixture.get_rate(task) == count
+    assert uncapped[f"{P}.mc_task"] > 5
+    # Upstream data D is capped at the source: the first 5 of the hash-ordered train split.
+    assert bb.examples(f"{P}.mc_task", "train") == full_mc[:5]
+    assert bb.num_examples(f"{P}.mc_task", "validation") == len(bb.examples(f"{P}.mc_task", "validation"))
     pool = list(bb.pool(f"{P}_upstream"))
     for task in mixture.tasks:
         head = bb.examples(task.name, "train")[:5]
