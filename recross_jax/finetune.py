@@ -8,6 +8,7 @@ step compiles once; padding rows carry zero loss weight.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Iterator, Sequence
 
 import jax
@@ -41,7 +42,8 @@ class FinetuneConfig:
                             f"{self.batch_size} and {self.epochs}")
 
     def make_optimizer(self, total_steps: int):
-        """The optimizer with this config's schedule over `total_steps` updates."""
+        """The optimizer with this config's schedule over `total_steps` updates (used by
+        the linear schedule only)."""
         schedule = training.make_schedule(self.schedule, self.learning_rate, self.warmup_steps,
                                           total_steps=max(total_steps, self.warmup_steps + 1))
         return training.make_optimizer(self.optimizer, schedule, clip_grad_norm=self.clip_grad_norm,
@@ -104,18 +106,27 @@ def finetune(config, params: Any, pairs: Sequence[TokenPair], cfg: FinetuneConfi
     if not pairs:
         raise UserError("nothing to fine-tune on: no examples")
     mesh = mesh or partitioning.create_mesh(devices=jax.devices()[:1])
-    model = Transformer(config)
     steps = num_steps(len(pairs), cfg.batch_size, cfg.epochs)
-    optimizer = cfg.make_optimizer(steps)
-    boxed = training.abstract_params(config)
-    shardings = training.state_shardings(boxed, optimizer, mesh)
+    optimizer, shardings, step = _train_step(config, cfg, steps if cfg.schedule == "linear" else 0, mesh)
     state = jax.device_put(training.TrainState.create(jax.tree.map(np.array, params), optimizer,
                                                       seed=cfg.seed), shardings)
-    step = training.make_train_step(model, optimizer, z_loss=0.0, mesh=mesh, state_shardings=shardings)
     shape = padded_shape(pairs, cfg.batch_size, mesh)
     state, history = training.fit(state, step, epoch_batches(pairs, cfg.batch_size, cfg.epochs, cfg.seed, shape),
                                   num_steps=steps, mesh=mesh, progress=progress, desc="re-learn")
     return state.params, history
+
+
+@functools.lru_cache(maxsize=16)
+def _train_step(config, cfg: FinetuneConfig, schedule_steps: int, mesh):
+    """(optimizer, state shardings, jitted step), cached so repeated fine-tunes compile once.
+
+    Only the linear schedule depends on the run's length; others share `schedule_steps=0`.
+    """
+    optimizer = cfg.make_optimizer(schedule_steps)
+    shardings = training.state_shardings(training.abstract_params(config), optimizer, mesh)
+    step = training.make_train_step(Transformer(config), optimizer, z_loss=0.0, mesh=mesh,
+                                    state_shardings=shardings)
+    return optimizer, shardings, step
 
 
 def example_losses(config, params: Any, pairs: Sequence[TokenPair], batch_size: int = 32,
@@ -144,6 +155,7 @@ def per_example_loss(model, params: Any, batch: dict) -> jax.Array:
     return (nll * weights).sum(-1) / jnp.maximum(weights.sum(-1), 1.0)
 
 
+@functools.lru_cache(maxsize=16)
 def _example_loss_fn(model, mesh):
     jitted = jax.jit(lambda params, batch: per_example_loss(model, params, batch))
 

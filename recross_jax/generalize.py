@@ -1,0 +1,254 @@
+"""The per-target pipeline of ReCross and its baselines (SPEC §1.5-1.7).
+
+For each target task and query set: draw |Q| unlabeled query inputs (seeded, disjoint from the
+test examples and from the other query sets), retrieve |R| upstream examples with the method,
+re-learn a fresh copy of the upstream model on them, evaluate it on the target's test split, and
+write one JSON per (target, method, query set):
+
+    <out_dir>/runs/<target>/<method>/query_set_<i>.json
+
+with the metrics, the retrieved example ids and their tasks, the seeds and a time per stage. A
+run whose JSON exists is skipped, so an interrupted study resumes.
+
+Methods: `base` (no retrieval), `random` (R uniform from the pool), `sbert` (MiniLM index),
+`recross_dense` (the upstream encoder's index, ReCross†), `recross` (the same with µ|R|
+candidates reranked by the cross-encoder to |R|); with labeled queries also `fs` (fine-tune on
+Q), `fs_recross_mix` (Q ∪ R) and `fs_recross_2stage` (R, then Q).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from recross_jax import checkpoints, corpus, evaluate, finetune, partitioning
+from recross_jax.errors import UserError
+from recross_jax.io_utils import write_json_atomic
+from recross_jax.retrieval import baselines, indexing
+
+METHODS = ("base", "random", "sbert", "recross_dense", "recross")
+FEW_SHOT_METHODS = ("fs", "fs_recross_mix", "fs_recross_2stage")
+INDEX_OF_METHOD = {"sbert": "sbert", "recross_dense": "model", "recross": "model",
+                   "fs_recross_mix": "model", "fs_recross_2stage": "model"}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuerySet:
+    """One draw of query examples of a target (their labels are used only by few-shot methods)."""
+
+    index: int
+    seed: int
+    rows: tuple[dict, ...]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [row["inputs"] for row in self.rows]
+
+
+def target_rows(task: str, split: str) -> list[dict]:
+    """The text rows (inputs, targets, answer_choices, example_id) of a task's split."""
+    rows = []
+    for task_obj in corpus.tasks_of(task):
+        for example in corpus.iter_examples(task_obj, split):
+            rows.append({"example_id": example["example_id"], "task": example["task"],
+                         "inputs": example["inputs_pretokenized"],
+                         "targets": example["targets_pretokenized"],
+                         "answer_choices": example["answer_choices"]})
+    return rows
+
+
+def draw_query_sets(candidates: Sequence[dict], test_inputs: set[str], num_sets: int,
+                    num_queries: int, seed: int) -> list[QuerySet]:
+    """`num_sets` disjoint seeded draws of `num_queries` rows, none whose input is a test input."""
+    usable = [row for row in candidates if row["inputs"] not in test_inputs]
+    needed = num_sets * num_queries
+    if len(usable) < needed:
+        raise UserError(f"{num_sets} query sets of {num_queries} need {needed} examples outside the "
+                        f"test split, but only {len(usable)} are available")
+    order = np.random.default_rng(seed).permutation(len(usable))
+    return [QuerySet(i, seed, tuple(usable[j] for j in order[i * num_queries:(i + 1) * num_queries]))
+            for i in range(num_sets)]
+
+
+class Pipeline:
+    """Holds the upstream model, the indexes and the reranker across targets and query sets."""
+
+    def __init__(self, model_dir: str, model_index_dir: str | None = None,
+                 sbert_index_dir: str | None = None, reranker_dir: str | None = None,
+                 finetune_config: finetune.FinetuneConfig = finetune.FinetuneConfig(),
+                 num_partitions: int = 1, max_input_length: int = 256, max_target_length: int = 64,
+                 eval_batch_size: int = 32, length_normalize: bool = False, decode: bool = True):
+        self.mesh = partitioning.create_mesh(num_partitions, devices=jax.devices()[:num_partitions])
+        self.config, self.params = checkpoints.restore_model(model_dir)
+        self.model_dir = model_dir
+        self.index_dirs = {"model": model_index_dir, "sbert": sbert_index_dir}
+        self.reranker_dir = reranker_dir
+        self.finetune_config = finetune_config
+        self.max_input_length = max_input_length
+        self.max_target_length = max_target_length
+        self.eval_batch_size = eval_batch_size
+        self.length_normalize = length_normalize
+        self.decode = decode
+        self._retrievers: dict[str, Any] = {}
+        self._reranker = None
+
+    def retriever(self, kind: str):
+        """The opened index of `kind` ('model' or 'sbert')."""
+        if kind not in self._retrievers:
+            if not self.index_dirs.get(kind):
+                raise UserError(f"this method needs the {kind!r} index directory (see `recross index build`)")
+            self._retrievers[kind] = indexing.Retriever(self.index_dirs[kind])
+        return self._retrievers[kind]
+
+    def reranker(self):
+        """The trained cross-encoder."""
+        if self._reranker is None:
+            from recross_jax.rerank import cross_encoder  # pylint: disable=import-outside-toplevel
+            if not self.reranker_dir:
+                raise UserError("method 'recross' needs a trained reranker directory (reranker_dir)")
+            self._reranker = cross_encoder.load_reranker(self.reranker_dir)
+        return self._reranker
+
+    def retrieve(self, method: str, queries: QuerySet, num_retrieved: int, upsample_ratio: float,
+                 aggregation: str, exclude_tasks: Sequence[str], seed: int) -> tuple[list[dict], dict]:
+        """R for one method and query set, and the seconds spent per stage."""
+        times: dict[str, float] = {}
+        start = time.perf_counter()
+        if method == "random":
+            pool = self.retriever("model" if self.index_dirs["model"] else "sbert").rows
+            pool = [r for r in pool if not indexing.in_groups(r["task"], tuple(exclude_tasks))]
+            chosen = set(baselines.random_retrieval([r["example_id"] for r in pool], num_retrieved, seed))
+            rows = [r for r in pool if r["example_id"] in chosen]
+        elif method in ("recross", "fs_recross_mix", "fs_recross_2stage") and upsample_ratio > 1:
+            candidates = self.retriever("model").retrieve(
+                queries.inputs, int(round(num_retrieved * upsample_ratio)), aggregation, exclude_tasks)
+            times["retrieve"] = time.perf_counter() - start
+            start = time.perf_counter()
+            order, utilities = self.reranker().rerank(queries.inputs, [c["inputs"] for c in candidates],
+                                                      num_retrieved)
+            rows = [{**candidates[i], "utility": float(u)} for i, u in zip(order, utilities)]
+            times["rerank"] = time.perf_counter() - start
+            return rows, times
+        else:
+            rows = self.retriever(INDEX_OF_METHOD[method]).retrieve(
+                queries.inputs, num_retrieved, aggregation, exclude_tasks)
+        times["retrieve"] = time.perf_counter() - start
+        return rows, times
+
+    def relearn(self, stages: Sequence[Sequence[dict]]) -> Any:
+        """A fresh copy of the upstream params fine-tuned on each stage's rows in turn."""
+        params = self.params
+        for rows in stages:
+            pairs = finetune.tokenize_rows(rows, self.vocabulary, self.max_input_length,
+                                           self.max_target_length)
+            params, _ = finetune.finetune(self.config, params, pairs, self.finetune_config, mesh=self.mesh)
+        return params
+
+    def evaluate(self, params: Any, examples: Sequence[evaluate.EvalExample]) -> dict:
+        """Rank-classification accuracy (with choices), EM and SoftEM of `params` on `examples`."""
+        results, _, _ = evaluate.evaluate_params(
+            self.config, params, examples, self.vocabulary, mesh=self.mesh,
+            batch_size=self.eval_batch_size, length_normalize=self.length_normalize,
+            decode=self.decode, progress=False)
+        return results
+
+    vocabulary: Any = None
+
+
+def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir: str, *,
+        model_index_dir: str | None = None, sbert_index_dir: str | None = None,
+        reranker_dir: str | None = None, num_query_sets: int = 5, num_queries: int = 16,
+        num_retrieved: int = 512, upsample_ratio: float = 2.0, aggregation: str = "concat",
+        exclude_tasks: Sequence[str] = (), query_split: str = "train", eval_split: str = "test",
+        max_eval_examples: int | None = None, finetune_config: finetune.FinetuneConfig = finetune.FinetuneConfig(),
+        max_input_length: int = 256, max_target_length: int = 64, eval_batch_size: int = 32,
+        length_normalize: bool = False, decode: bool = True, num_partitions: int = 1, seed: int = 0,
+        progress: bool = True, on_start=None) -> list[dict]:
+    """Runs every (target, method, query set) and returns their result records (SPEC §1.7).
+
+    gin binds it in `gin/generalize.gin` (`recross generalize`); `on_start(out_dir)` runs once
+    the output directory exists (the CLI writes config.gin there).
+    """
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    unknown = [m for m in methods if m not in METHODS + FEW_SHOT_METHODS]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r} (choose from {', '.join(METHODS + FEW_SHOT_METHODS)})")
+    if not targets:
+        raise UserError("no targets given")
+    os.makedirs(out_dir, exist_ok=True)
+    if on_start:
+        on_start(out_dir)
+    pipeline = Pipeline(model_dir, model_index_dir, sbert_index_dir, reranker_dir, finetune_config,
+                        num_partitions, max_input_length, max_target_length, eval_batch_size,
+                        length_normalize, decode)
+    records = []
+    jobs = [(t, m, q) for t in targets for m in methods for q in range(num_query_sets)]
+    bar = tqdm(total=len(jobs), desc="generalize", unit="run", disable=not progress)
+    for target in targets:
+        examples, pipeline.vocabulary = evaluate.load_examples(
+            target, eval_split, max_examples=max_eval_examples, max_input_length=max_input_length,
+            max_target_length=max_target_length)
+        query_sets = draw_query_sets(target_rows(target, query_split), {e.inputs for e in examples},
+                                     num_query_sets, num_queries, seed)
+        base_metrics = None
+        for method in methods:
+            for query_set in query_sets:
+                path = os.path.join(out_dir, "runs", target, method, f"query_set_{query_set.index}.json")
+                if os.path.isfile(path):
+                    records.append(_read_json(path))
+                    bar.update()
+                    continue
+                bar.set_postfix_str(f"{target} {method} q{query_set.index}")
+                record = {"target": target, "method": method, "query_set": query_set.index,
+                          "seed": seed, "query_ids": [r["example_id"] for r in query_set.rows],
+                          "num_test_examples": len(examples), "time": {}}
+                if method == "base":
+                    start = time.perf_counter()
+                    base_metrics = base_metrics or pipeline.evaluate(pipeline.params, examples)
+                    record.update(metrics=base_metrics, retrieved_ids=[], retrieved_tasks=[])
+                    record["time"]["evaluate"] = time.perf_counter() - start
+                else:
+                    record.update(_run_method(pipeline, method, query_set, examples, num_retrieved,
+                                              upsample_ratio, aggregation, exclude_tasks, seed))
+                record["config"] = {"num_queries": num_queries, "num_retrieved": num_retrieved,
+                                    "upsample_ratio": upsample_ratio, "aggregation": aggregation,
+                                    "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
+                                    "finetune": dataclasses.asdict(finetune_config),
+                                    "model_dir": os.path.abspath(model_dir)}
+                write_json_atomic(path, record)
+                records.append(record)
+                bar.update()
+    bar.close()
+    return records
+
+
+def _run_method(pipeline: Pipeline, method: str, query_set: QuerySet,
+                examples: Sequence[evaluate.EvalExample], num_retrieved: int, upsample_ratio: float,
+                aggregation: str, exclude_tasks: Sequence[str], seed: int) -> dict:
+    run_seed = seed * 1000 + query_set.index
+    times: dict[str, float] = {}
+    retrieved: list[dict] = []
+    if method != "fs":
+        retrieved, times = pipeline.retrieve(method, query_set, num_retrieved, upsample_ratio,
+                                             aggregation, exclude_tasks, run_seed)
+    labeled = list(query_set.rows)
+    stages = {"fs": [labeled], "fs_recross_mix": [labeled + retrieved],
+              "fs_recross_2stage": [retrieved, labeled]}.get(method, [retrieved])
+    start = time.perf_counter()
+    params = pipeline.relearn(stages)
+    times["relearn"] = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = pipeline.evaluate(params, examples)
+    times["evaluate"] = time.perf_counter() - start
+    return {"metrics": metrics, "retrieved_ids": [r["example_id"] for r in retrieved],
+            "retrieved_tasks": [r["task"] for r in retrieved], "time": times}
+
+
+def _read_json(path: str) -> dict:
+    import json  # pylint: disable=import-outside-toplevel
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,131 @@
+"""`recross generalize` on a tiny model and a fake BIG-bench corpus: every method writes valid JSON."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import seqio
+from flax import linen as nn
+
+import bigbench_fixtures
+from recross_jax import checkpoints, cli, generalize
+from recross_jax.errors import UserError
+from recross_jax.models import t5
+from tasks import bigbench
+
+SEQIO_TEST_VOCAB = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
+                                "sentencepiece.model")
+PREFIX = "bbgen"
+# Two targets big enough for test splits: multiple choice and generative.
+TARGETS = {
+    "target_mc": {"name": "target_mc", "examples": [
+        {"input": f"Is {i} bigger than 10?", "target_scores": {"yes": int(i > 10), "no": int(i <= 10)}}
+        for i in range(60)]},
+    "target_gen": {"name": "target_gen", "examples": [
+        {"input": f"Repeat: {i}", "target": str(i)} for i in range(60)]},
+}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generalize")
+    os.environ["RECROSS_VOCAB"] = SEQIO_TEST_VOCAB
+    tasks_dir = bigbench_fixtures.write_tasks_dir(str(root))
+    for name, task in TARGETS.items():
+        os.makedirs(os.path.join(tasks_dir, name))
+        with open(os.path.join(tasks_dir, name, "task.json"), "w") as f:
+            json.dump(task, f)
+    bigbench.register_bigbench(tasks_dir, cap=20, prefix=PREFIX)
+    vocab_size = seqio.SentencePieceVocabulary(SEQIO_TEST_VOCAB, extra_ids=100).vocab_size
+    config = t5.T5Config(vocab_size=vocab_size, dtype="float32", emb_dim=16, num_heads=2,
+                         num_encoder_layers=1, num_decoder_layers=1, head_dim=8, mlp_dim=32)
+    dummy = np.ones((1, 4), np.int32)
+    params = nn.unbox(t5.Transformer(config).init(jax.random.PRNGKey(0), dummy, dummy, dummy))["params"]
+    model_dir = str(root / "model")
+    checkpoints.save_model(model_dir, config, params, step=1)
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        assert cli.main(["index", "build", "--gin_file=gin/index.gin", "--tasks_module", "tasks.common",
+                         f"--gin.MIXTURE='{PREFIX}_upstream'", f"--gin.MODEL_DIR='{model_dir}'",
+                         f"--gin.INDEX_DIR='{root / 'index'}'", "--gin.indexing.build.backend='exact'",
+                         "--gin.indexing.build.max_examples_per_task=20"]) == 0
+    finally:
+        os.chdir(cwd)
+    return root, model_dir
+
+
+def generalize_args(root, model_dir, out, methods, *extra):
+    return ["generalize", "--gin_file=gin/generalize.gin", "--tasks_module", "tasks.common",
+            f"--gin.TARGETS=['{PREFIX}.target_mc', '{PREFIX}.target_gen']", f"--gin.METHODS={methods}",
+            f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MODEL_INDEX_DIR='{root / 'index'}'",
+            f"--gin.OUT_DIR='{root / out}'", "--gin.NUM_QUERY_SETS=2", "--gin.NUM_QUERIES=3",
+            "--gin.NUM_RETRIEVED=6", "--gin.UPSAMPLE_RATIO=1.0", "--gin.generalize.run.max_target_length=16",
+            "--gin.finetune.FinetuneConfig.learning_rate=1e-3", *extra]
+
+
+def test_every_method_writes_valid_json_and_resumes(setup, capsys, monkeypatch):
+    root, model_dir = setup
+    monkeypatch.chdir(REPO)
+    methods = ["base", "random", "recross_dense", "fs_recross_mix", "fs_recross_2stage"]
+    assert cli.main(generalize_args(root, model_dir, "out", methods)) == 0
+    table = capsys.readouterr().out
+    assert "| target | base | random | recross_dense |" in table and "**overall mean**" in table
+    test_ids = {}
+    for target, has_choices in ((f"{PREFIX}.target_mc", True), (f"{PREFIX}.target_gen", False)):
+        test_ids[target] = {e["example_id"] for e in generalize.target_rows(target, "test")}
+        query_ids = []
+        for method in methods:
+            for q in range(2):
+                path = root / "out" / "runs" / target / method / f"query_set_{q}.json"
+                record = json.loads(path.read_text())
+                assert (record["target"], record["method"], record["query_set"]) == (target, method, q)
+                assert ("accuracy" in record["metrics"]) == has_choices
+                assert 0.0 <= record["metrics"]["soft_em"] <= 1.0
+                expected = 0 if method == "base" else 6
+                assert len(record["retrieved_ids"]) == len(record["retrieved_tasks"]) == expected
+                assert all(t.startswith(PREFIX + ".") for t in record["retrieved_tasks"])
+                if method != "base":
+                    assert record["time"]["relearn"] > 0 and record["time"]["evaluate"] > 0
+                query_ids.append(tuple(record["query_ids"]))
+        sets = set(query_ids)
+        assert len(sets) == 2  # the same two query sets for every method
+        first, second = sets
+        assert not set(first) & set(second)  # disjoint query sets
+        assert not (set(first) | set(second)) & test_ids[target]  # never test examples
+    assert (root / "out" / "config.gin").is_file()
+
+    # Re-running skips every finished run (nothing is re-learned).
+    monkeypatch.setattr(generalize.Pipeline, "relearn", lambda *a: pytest.fail("re-learned a finished run"))
+    assert cli.main(generalize_args(root, model_dir, "out", methods)) == 0
+
+
+def test_random_is_seeded_and_relearning_changes_the_model(setup, monkeypatch):
+    root, model_dir = setup
+    monkeypatch.chdir(REPO)
+    for out in ("r1", "r2"):
+        assert cli.main(generalize_args(root, model_dir, out, ["random"], "--gin.NUM_QUERY_SETS=1")) == 0
+    read = lambda out: json.loads((root / out / "runs" / f"{PREFIX}.target_mc" / "random" / "query_set_0.json").read_text())  # noqa: E731
+    assert read("r1")["retrieved_ids"] == read("r2")["retrieved_ids"]
+    assert read("r1")["metrics"] == read("r2")["metrics"]
+
+
+def test_query_sets_are_disjoint_seeded_and_avoid_test_inputs():
+    rows = [{"example_id": str(i), "inputs": f"x{i}"} for i in range(20)]
+    sets = generalize.draw_query_sets(rows, {"x0", "x1"}, num_sets=3, num_queries=5, seed=4)
+    ids = [r["example_id"] for s in sets for r in s.rows]
+    assert len(ids) == len(set(ids)) == 15 and not {"0", "1"} & set(ids)
+    assert [s.inputs for s in sets] == [s.inputs for s in generalize.draw_query_sets(rows, {"x0", "x1"}, 3, 5, 4)]
+    with pytest.raises(UserError, match="need 30 examples outside the test split, but only 18"):
+        generalize.draw_query_sets(rows, {"x0", "x1"}, num_sets=6, num_queries=5, seed=0)
+
+
+def test_bad_method_and_missing_index(setup, capsys, monkeypatch):
+    root, model_dir = setup
+    monkeypatch.chdir(REPO)
+    assert cli.main(generalize_args(root, model_dir, "bad", ["magic"])) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+    assert cli.main(generalize_args(root, model_dir, "bad2", ["sbert"])) == 2
+    assert "needs the 'sbert' index directory" in capsys.readouterr().err
