@@ -26,7 +26,8 @@ split, examples are ordered by another content hash: any prefix of a split is a 
 
 Mixtures. `bigbench_targets`: T0's 14 held-out BIG-bench targets (subtasks flattened).
 `bigbench_upstream`: every other task, leaving out any task whose name contains a target's
-name (e.g. `misconceptions_russian`). The per-task cap (default 1000, gin:
+name (e.g. `misconceptions_russian`). `bigbench_upstream_sample`: a fixed subset of 64 of those
+(chosen by a hash of their names), for demos on one CPU. The per-task cap (default 1000, gin:
 `tasks.bigbench.upstream_cap.cap`) is used twice: as the mixing rate min(train examples, cap),
 for sampling through SeqIO, and as the number of examples per task that `pool()` yields when the
 mixture is read as a finite pool (the first `cap` of each task's hash-ordered split). Upstream
@@ -60,6 +61,9 @@ from tasks import common
 TEMPLATE = "zero_shot"
 PREFIX = "bigbench"
 DEFAULT_CAP = 1000
+# Upstream tasks in `<prefix>_upstream_sample`: a small, fixed subset for demos and quick
+# studies on one CPU (the full upstream mixture reads 1.7 GB of JSON).
+SAMPLE_SIZE = 64
 # T0's held-out BIG-bench evaluation tasks (SPEC §4).
 TARGETS = (
     "code_line_description", "conceptual_combinations", "formal_fallacies_syllogisms_negation",
@@ -199,8 +203,10 @@ def register_bigbench(tasks_dir: str, cap: int | None = None, prefix: str = PREF
             targets.append(name)
         if not any(target in ".".join(path) for target in TARGETS):
             upstream.append(name)
+    cap_fn = lambda: cap if cap is not None else upstream_cap()  # noqa: E731
     mixtures = {
-        f"{prefix}_upstream": (upstream, lambda: cap if cap is not None else upstream_cap()),
+        f"{prefix}_upstream": (upstream, cap_fn),
+        f"{prefix}_upstream_sample": (_sample(upstream, SAMPLE_SIZE), cap_fn),
         f"{prefix}_targets": (targets, lambda: None),
     }
     upstream_cap_fn = mixtures[f"{prefix}_upstream"][1]
@@ -212,6 +218,11 @@ def register_bigbench(tasks_dir: str, cap: int | None = None, prefix: str = PREF
                                     rate=functools.partial(_capped_rate, cap_fn=cap_fn))
             _MIXTURE_CAPS[mixture] = cap_fn
     return names
+
+
+def _sample(names: list[str], size: int) -> list[str]:
+    """A fixed pseudo-random subset of `names` (by a hash of each name), in sorted order."""
+    return sorted(sorted(names, key=lambda name: _digest(f"sample|{name}"))[:size])
 
 
 def _capped_rate(task: seqio.Task, cap_fn: Callable[[], int | None]) -> float:
