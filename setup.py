@@ -31,6 +31,8 @@ EXTRAS = {
         "torch==2.13.0",
         "transformers==5.23.0",
         "faiss-cpu==1.15.1",
+        "rouge-score==0.1.2",
+        "ruff==0.17.6",
     ],
     "datasets": ["datasets==5.2.0"],
 }
@@ -39,7 +41,7 @@ setup(
     name="recross-jax",
     version="0.1.0",
     description="Unsupervised cross-task generalization (ReCross, TaskShop, ELM) in JAX/Flax",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["recross_jax", "recross_jax.*", "tasks", "tasks.*"]),

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if hasattr(args, "gin_file"):
             from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
-            _import_task_modules(args.tasks_module)
+            import_task_modules(args.tasks_module)
             gin_utils.parse_gin_flags(args)
         return int(args.handler(args) or 0)
     except UserError as e:
@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _import_task_modules(modules: Sequence[str] | None) -> None:
+def import_task_modules(modules: Sequence[str] | None) -> None:
+    """Imports the modules that register tasks (`DEFAULT_TASK_MODULES` when None)."""
     for name in DEFAULT_TASK_MODULES if modules is None else modules:
         try:
             importlib.import_module(name)

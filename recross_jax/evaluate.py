@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{', '.join(cli.DEFAULT_TASK_MODULES)})")
     gin_utils.add_gin_flags(parser)
     args = parser.parse_args(argv)
-    cli._import_task_modules(args.tasks_module)  # pylint: disable=protected-access
+    cli.import_task_modules(args.tasks_module)
     gin_utils.parse_gin_flags(args)
     # Flags left unset fall through to gin bindings and run_eval's defaults.
     overrides = {name: getattr(args, name) for name in ("max_examples", "length_normalize",
