@@ -1,0 +1,481 @@
+"""BERT encoder (post-LN, absolute positions, token types) in Flax linen, with an HF importer.
+
+Serves two roles: the all-MiniLM-L6-v2 sentence embedder (mean-pooled last hidden states) and the
+backbone of the ReCross cross-encoder (a head on the [CLS] / pooled output of a
+`(query, candidate)` pair whose halves differ by token type id).
+
+Parameter names and logical axis names (the T5 module's, so `recross_jax.partitioning` rules
+apply unchanged):
+
+    embeddings/word_embeddings/embedding              [vocab, embed]
+    embeddings/position_embeddings/embedding          [None, embed]
+    embeddings/token_type_embeddings/embedding        [None, embed]
+    embeddings/layer_norm/{scale,bias}                [embed]
+    layers_i/attention/{query,key,value}/kernel       [embed, joined_kv]   (bias [joined_kv])
+    layers_i/attention/out/kernel                     [joined_kv, embed]   (bias [embed])
+    layers_i/attention_layer_norm/{scale,bias}        [embed]
+    layers_i/mlp/wi/kernel                            [embed, mlp]         (bias [mlp])
+    layers_i/mlp/wo/kernel                            [mlp, embed]         (bias [embed])
+    layers_i/mlp_layer_norm/{scale,bias}              [embed]
+    pooler/kernel, pooler/bias                        [None, embed], [embed] (with_pooler only)
+
+`BertModel.init` returns parameters boxed in `nn.LogicallyPartitioned`; `load_hf_bert` returns
+the same tree unboxed, as host float32 numpy arrays. Parameters are float32; activations are
+computed in `BertConfig.dtype` with layer norms and the softmax in float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+from collections.abc import Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from recross_jax.errors import UserError
+
+Array = jax.Array
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# HF activation names: "gelu" is BERT's exact erf GELU, the others its tanh approximation.
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+}
+# Additive bias for padding keys; finite so a fully padded row stays NaN-free.
+_MASKED_BIAS = -1e10
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Hyperparameters of a BERT encoder; field names follow HF's `config.json`.
+
+    Attributes:
+      vocab_size: number of token ids.
+      hidden_size: model width d.
+      num_hidden_layers: encoder depth.
+      num_attention_heads: heads; must divide `hidden_size`.
+      intermediate_size: hidden width of the feed-forward block.
+      hidden_act: feed-forward activation, an HF name ('gelu' is the exact erf GELU).
+      max_position_embeddings: rows of the absolute position table (longest input).
+      type_vocab_size: rows of the token type table (2: the halves of a pair).
+      layer_norm_eps: epsilon of every layer norm.
+      hidden_dropout_prob: dropout on embeddings and sublayer outputs.
+      attention_probs_dropout_prob: dropout on attention weights.
+      pad_token_id: the padding id, used when no attention mask is given.
+      dtype: activation dtype, 'float32' or 'bfloat16'; parameters are always float32.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    pad_token_id: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(f"BertConfig.hidden_size ({self.hidden_size}) is not divisible by "
+                            f"num_attention_heads ({self.num_attention_heads})")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise UserError(f"BertConfig.hidden_act: unsupported activation {self.hidden_act!r}; "
+                            f"known: {sorted(_ACTIVATIONS)}")
+        if self.dtype not in _DTYPES:
+            raise UserError(f"BertConfig.dtype must be one of {sorted(_DTYPES)}, "
+                            f"got {self.dtype!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise UserError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
+        if not self.layer_norm_eps > 0:
+            raise UserError("BertConfig.layer_norm_eps must be positive, got "
+                            f"{self.layer_norm_eps!r}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def activation_dtype(self) -> jnp.dtype:
+        """The jnp dtype of activations."""
+        return _DTYPES[self.dtype]
+
+    @classmethod
+    def from_hf_dict(cls, data: Mapping[str, Any], **overrides: Any) -> BertConfig:
+        """A config from the fields of an HF BERT `config.json`; `overrides` win (e.g. dtype).
+
+        Only `model_type` 'bert' with absolute positions is accepted: other architectures
+        (RoBERTa's offset positions, relative position variants) would load but compute
+        something else.
+        """
+        model_type = data.get("model_type", "bert")
+        if model_type != "bert":
+            raise UserError(f"not a BERT config: model_type={model_type!r}")
+        position_type = data.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise UserError(f"unsupported position_embedding_type={position_type!r} "
+                            "(only 'absolute')")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype"}
+        values = {k: v for k, v in data.items() if k in fields}
+        if data.get("pad_token_id") is None:
+            values.pop("pad_token_id", None)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_json_file(cls, path: str, **overrides: Any) -> BertConfig:
+        """Reads an HF `config.json`; a missing or malformed file is a UserError naming it."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except OSError as e:
+            raise UserError(f"cannot read BERT config {path}: {e.strerror}") from e
+        except ValueError as e:
+            raise UserError(f"BERT config {path} is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise UserError(f"BERT config {path} must hold a JSON object")
+        try:
+            return cls.from_hf_dict(data, **overrides)
+        except (UserError, TypeError) as e:
+            raise UserError(f"{path}: {e}") from e
+
+
+@flax.struct.dataclass
+class BertOutput:
+    """What `BertModel` returns.
+
+    Attributes:
+      last_hidden_state: [batch, length, hidden] in the activation dtype.
+      pooled_output: tanh(Dense([CLS] state)) [batch, hidden], or None without a pooler.
+    """
+
+    last_hidden_state: Array
+    pooled_output: Array | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers.
+
+
+def _param(module: nn.Module, name: str, init: Callable[..., Array], shape: tuple[int, ...],
+           axes: tuple[str | None, ...]) -> Array:
+    """A float32 parameter annotated with logical axis names."""
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+_KERNEL_INIT = nn.initializers.truncated_normal(stddev=0.02)  # BERT's initializer_range
+
+
+class Dense(nn.Module):
+    """Affine projection of the last axis: kernel [in, features] and bias [features]."""
+
+    features: int
+    kernel_axes: tuple[str | None, str | None]
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = _param(self, "kernel", _KERNEL_INIT, (x.shape[-1], self.features),
+                        self.kernel_axes)
+        bias = _param(self, "bias", nn.initializers.zeros, (self.features,),
+                      (self.kernel_axes[1],))
+        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """Layer norm with scale and bias; statistics in float32."""
+
+    epsilon: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+        bias = _param(self, "bias", nn.initializers.zeros, (x.shape[-1],), ("embed",))
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(axis=-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return (y * scale + bias).astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """A lookup table [num_embeddings, features]."""
+
+    num_embeddings: int
+    features: int
+    row_axis: str | None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids: Array) -> Array:
+        table = _param(self, "embedding", _KERNEL_INIT, (self.num_embeddings, self.features),
+                       (self.row_axis, "embed"))
+        return jnp.take(table, ids.astype(jnp.int32), axis=0).astype(self.dtype)
+
+
+def _constrain(x: Array) -> Array:
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class Embeddings(nn.Module):
+    """Word + absolute position + token type embeddings, then layer norm and dropout."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, position_ids: Array, token_type_ids: Array, *,
+                 deterministic: bool) -> Array:
+        cfg = self.config
+        dtype = cfg.activation_dtype
+        x = (Embed(cfg.vocab_size, cfg.hidden_size, "vocab", dtype, name="word_embeddings")(
+                input_ids)
+             + Embed(cfg.max_position_embeddings, cfg.hidden_size, None, dtype,
+                     name="position_embeddings")(position_ids)
+             + Embed(cfg.type_vocab_size, cfg.hidden_size, None, dtype,
+                     name="token_type_embeddings")(token_type_ids))
+        x = LayerNorm(cfg.layer_norm_eps, dtype, name="layer_norm")(x)
+        return _constrain(nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with 1/sqrt(head_dim) scaling.
+
+    `mask` is boolean [batch, 1, 1 or length, length]: which keys each query may attend to.
+    """
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, *, deterministic: bool) -> Array:
+        cfg = self.config
+        dtype = cfg.activation_dtype
+
+        def project(name: str) -> Array:
+            y = Dense(cfg.hidden_size, ("embed", "joined_kv"), dtype, name=name)(x)
+            y = y.reshape(*x.shape[:-1], cfg.num_attention_heads, cfg.head_dim)
+            return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+
+        query, key, value = project("query"), project("key"), project("value")
+        # Logits and softmax in float32: bf16 logits lose the small differences that matter.
+        # Scaling the queries rather than the logits costs length/head_dim times less.
+        query = query.astype(jnp.float32) * (1.0 / math.sqrt(cfg.head_dim))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(jnp.float32))
+        logits = jnp.where(mask, logits, _MASKED_BIAS)
+        weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+        weights = nn.Dropout(cfg.attention_probs_dropout_prob)(weights,
+                                                               deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(dtype))
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+        out = out.reshape(*x.shape[:-1], cfg.hidden_size)
+        return Dense(cfg.hidden_size, ("joined_kv", "embed"), dtype, name="out")(out)
+
+
+class Mlp(nn.Module):
+    """Feed-forward block: Dense → activation → Dense."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        hidden = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg.activation_dtype,
+                       name="wi")(x)
+        hidden = nn.with_logical_constraint(_ACTIVATIONS[cfg.hidden_act](hidden),
+                                            ("batch", "length", "mlp"))
+        return Dense(cfg.hidden_size, ("mlp", "embed"), cfg.activation_dtype, name="wo")(hidden)
+
+
+class Layer(nn.Module):
+    """One post-LN encoder layer: x = LN(x + Attn(x)); x = LN(x + Mlp(x))."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, *, deterministic: bool) -> Array:
+        cfg = self.config
+        dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        y = SelfAttention(cfg, name="attention")(x, mask, deterministic=deterministic)
+        x = LayerNorm(cfg.layer_norm_eps, cfg.activation_dtype, name="attention_layer_norm")(
+            x + dropout(y, deterministic=deterministic))
+        y = Mlp(cfg, name="mlp")(_constrain(x))
+        x = LayerNorm(cfg.layer_norm_eps, cfg.activation_dtype, name="mlp_layer_norm")(
+            x + dropout(y, deterministic=deterministic))
+        return _constrain(x)
+
+
+class BertModel(nn.Module):
+    """The BERT encoder.
+
+    Attributes:
+      config: the hyperparameters.
+      with_pooler: also compute tanh(Dense(h[CLS])), the input of BERT's classification heads.
+    """
+
+    config: BertConfig
+    with_pooler: bool = False
+
+    @nn.compact
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+                 token_type_ids: Array | None = None, position_ids: Array | None = None,
+                 segment_ids: Array | None = None, *, deterministic: bool = True
+                 ) -> BertOutput:
+        """Encodes a batch.
+
+        Args:
+          input_ids: int [batch, length], at most `max_position_embeddings` long.
+          attention_mask: [batch, length], nonzero where a token is real; default: where
+            `segment_ids` is nonzero, else where the id is not `pad_token_id`.
+          token_type_ids: int [batch, length]; default all 0 (a single segment).
+          position_ids: int [batch, length]; default 0, 1, 2, ... along each row.
+          segment_ids: int [batch, length] for packed rows: several texts per row, each with
+            its own id (> 0), that attend only within themselves; pass `position_ids` that
+            restart at 0 for each text. Default: one text per row.
+          deterministic: disable dropout (pass False and a 'dropout' rng to train).
+        Returns:
+          The hidden states of the last layer and, with `with_pooler`, the pooled output.
+        """
+        cfg = self.config
+        if input_ids.shape[-1] > cfg.max_position_embeddings:
+            raise ValueError(f"input length {input_ids.shape[-1]} exceeds "
+                             f"max_position_embeddings={cfg.max_position_embeddings}")
+        if attention_mask is None:
+            attention_mask = (input_ids != cfg.pad_token_id if segment_ids is None
+                              else segment_ids != 0)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+        mask = attention_mask.astype(jnp.bool_)[:, None, None, :]
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+        x = Embeddings(cfg, name="embeddings")(input_ids, position_ids, token_type_ids,
+                                               deterministic=deterministic)
+        for i in range(cfg.num_hidden_layers):
+            x = Layer(cfg, name=f"layers_{i}")(x, mask, deterministic=deterministic)
+        pooled = None
+        if self.with_pooler:
+            pooled = jnp.tanh(Dense(cfg.hidden_size, (None, "embed"), cfg.activation_dtype,
+                                    name="pooler")(x[:, 0]))
+        return BertOutput(last_hidden_state=x, pooled_output=pooled)
+
+
+# ---------------------------------------------------------------------------------------------
+# Import of HF weights.
+
+
+def hf_weight_names(config: BertConfig, with_pooler: bool = False) -> dict[str, tuple[str, ...]]:
+    """Maps each HF `BertModel` weight name to the path of our parameter it fills.
+
+    HF Linear weights are [out, in] and become our [in, out] kernels (see `load_hf_bert`).
+    """
+    names: dict[str, tuple[str, ...]] = {}
+
+    def add(hf: str, ours: tuple[str, ...], kind: str) -> None:
+        suffix = {"linear": ("weight", "kernel"), "embed": ("weight", "embedding"),
+                  "norm": ("weight", "scale")}[kind]
+        names[f"{hf}.{suffix[0]}"] = ours + (suffix[1],)
+        if kind != "embed":
+            names[f"{hf}.bias"] = ours + ("bias",)
+
+    for table in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        add(f"embeddings.{table}", ("embeddings", table), "embed")
+    add("embeddings.LayerNorm", ("embeddings", "layer_norm"), "norm")
+    for i in range(config.num_hidden_layers):
+        hf, ours = f"encoder.layer.{i}", (f"layers_{i}",)
+        for proj in ("query", "key", "value"):
+            add(f"{hf}.attention.self.{proj}", ours + ("attention", proj), "linear")
+        add(f"{hf}.attention.output.dense", ours + ("attention", "out"), "linear")
+        add(f"{hf}.attention.output.LayerNorm", ours + ("attention_layer_norm",), "norm")
+        add(f"{hf}.intermediate.dense", ours + ("mlp", "wi"), "linear")
+        add(f"{hf}.output.dense", ours + ("mlp", "wo"), "linear")
+        add(f"{hf}.output.LayerNorm", ours + ("mlp_layer_norm",), "norm")
+    if with_pooler:
+        add("pooler.dense", ("pooler",), "linear")
+    return names
+
+
+_BACKBONE_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+# Weights a BertModel checkpoint may hold that carry nothing we compute with.
+_IGNORED = ("embeddings.position_ids",)
+
+
+def load_hf_bert(safetensors_path: str, config: BertConfig, with_pooler: bool = False
+                 ) -> dict[str, Any]:
+    """Reads an HF BERT safetensors file into `BertModel`'s (unboxed) parameter tree.
+
+    Accepts the bare `BertModel` names and the `bert.`-prefixed ones of the task models
+    (e.g. `BertForSequenceClassification`, whose head weights are left to the caller). The
+    arrays are float32 numpy on the host; `jax.device_put` them with the shardings wanted.
+
+    Raises:
+      UserError: unreadable file, or a backbone weight missing, unexpected (a config with
+        fewer layers than the checkpoint) or of the wrong shape; the message names it.
+    """
+    from safetensors import SafetensorError  # pylint: disable=import-outside-toplevel
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+    try:
+        tensors = load_file(safetensors_path)
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"cannot read BERT weights {safetensors_path}: {e}") from e
+    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors else ""
+    expected = hf_weight_names(config, with_pooler)
+    shapes = _expected_shapes(config, with_pooler)
+    params: dict[str, Any] = {}
+    for hf_name, path in expected.items():
+        name = prefix + hf_name
+        if name not in tensors:
+            raise UserError(f"{safetensors_path}: missing weight {name!r}")
+        is_kernel = path[-1] == "kernel"
+        want = _lookup(shapes, path)
+        want_hf = want[::-1] if is_kernel else want
+        if tensors[name].shape != want_hf:
+            raise UserError(f"{safetensors_path}: weight {name!r} has shape "
+                            f"{tensors[name].shape}, the config needs {want_hf}")
+        array = np.asarray(tensors[name], dtype=np.float32)
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = np.ascontiguousarray(array.T if is_kernel else array)
+    for name in sorted(tensors):
+        bare = name[len(prefix):]
+        if (name.startswith(prefix) and bare.startswith(_BACKBONE_PREFIXES)
+                and bare not in expected and bare not in _IGNORED
+                and not (bare.startswith("pooler.") and not with_pooler)):
+            raise UserError(f"{safetensors_path}: unexpected weight {name!r} (does the config "
+                            "match the checkpoint?)")
+    return params
+
+
+def _expected_shapes(config: BertConfig, with_pooler: bool) -> Mapping[str, Any]:
+    """Shapes of `BertModel`'s parameters, traced without allocating them."""
+    model = BertModel(config, with_pooler=with_pooler)
+    ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    abstract = jax.eval_shape(lambda i: model.init(jax.random.PRNGKey(0), i), ids)
+    return jax.tree_util.tree_map(lambda x: x.shape, nn.unbox(abstract["params"]))
+
+
+def _lookup(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
