@@ -1,45 +1,24 @@
-"""`make demo`: the embedded BIG-bench corpus through the data layer.
+"""`make demo`: the whole ReCross pipeline on the embedded BIG-bench corpus at mini scale.
 
-Stages (each skipped when its output already exists): train the project's default SentencePiece
-vocabulary on `bigbench_upstream`, then print the upstream and target mixtures' statistics and a
-few formatted examples of multiple-choice and generative tasks.
+Vocabulary → the mini T5 trained on a 64-task sample of the BIG-bench upstream mixture → the
+upstream encoder's index (ReCross) and a MiniLM index (SBERT) → mined distant supervision → the
+cross-encoder reranker → 3 held-out T0 targets × 5 methods × 2 query sets → the results table and
+the retrieved-task heatmap. Each stage is skipped when its outputs exist and its arguments are
+unchanged (`recross_jax/pipeline.py`), so a re-run is fast. Sizes keep it under 20 minutes on 2
+CPU cores; RESULTS.md has the full protocol. Output: `$RECROSS_DEMO_DIR` (default runs/demo).
 """
 from __future__ import annotations
 
 import os
-import sys
 
-from recross_jax import cli
+from recross_jax import pipeline
 
-VOCAB_SIZE = 8000
-
-
-def stage(title: str) -> None:
-    print(f"\n=== {title} ===", flush=True)
-
-
-def run(*argv: str) -> None:
-    code = cli.main(list(argv))
-    if code:
-        sys.exit(code)
-
-
-def main() -> None:
-    from tasks import vocab  # pylint: disable=import-outside-toplevel
-    path = vocab.default_vocab_path()
-    stage(f"vocabulary ({path})")
-    if os.path.isfile(path):
-        print("exists, skipping")
-    else:
-        run("vocab", "train", "--mixture", "bigbench_upstream", "--size", str(VOCAB_SIZE), "--out", path,
-            "--tasks_module", "tasks.bigbench")
-    for mixture in ("bigbench_targets", "bigbench_upstream"):
-        stage(f"statistics of {mixture} (train split)")
-        run("data", "stats", mixture, "--tasks_module", "tasks.bigbench")
-    for task in ("bigbench.strategyqa", "bigbench.logical_deduction.three_objects", "bigbench.winowhy"):
-        stage(f"examples of {task}")
-        run("data", "show", task, "-n", "2", "--split", "test", "--tasks_module", "tasks.bigbench")
-
+DEMO = pipeline.PipelineConfig(
+    out_dir=os.environ.get("RECROSS_DEMO_DIR", os.path.join("runs", "demo")),
+    upstream="bigbench_upstream_sample",
+    targets=("bigbench.strategyqa", "bigbench.winowhy", "bigbench.logical_deduction.three_objects"),
+    gin_bindings=("tasks.bigbench.upstream_cap.cap=100",),
+)
 
 if __name__ == "__main__":
-    main()
+    pipeline.run(DEMO)

@@ -1,0 +1,142 @@
+"""The whole ReCross pipeline as a sequence of `recross` commands, each skipped when up to date.
+
+`make demo` (scripts/demo.py) and the results study (scripts/run_study.py) run the same stages
+with different sizes: vocabulary → upstream training → model and SBERT indexes → mining →
+reranker → generalization over targets and methods → report. Every stage runs in this process
+(TensorFlow and JAX load once) and records its arguments in `<out>/<stage>/.stage.json`; a
+stage whose output exists and whose arguments are unchanged is skipped, so a re-run is fast and
+an interrupted run resumes (mining and generalization also resume inside their stage).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Sequence
+
+from recross_jax import cli
+from recross_jax.errors import UserError
+from recross_jax.io_utils import write_json_atomic
+
+STAGE_RECORD = ".stage.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Sizes and data of one end-to-end run (defaults: the demo's mini scale)."""
+
+    out_dir: str
+    upstream: str                       # upstream mixture
+    targets: tuple[str, ...]            # held-out target tasks
+    tasks_module: str = "tasks.bigbench"
+    gin_bindings: tuple[str, ...] = ()  # applied to every data-reading stage (e.g. caps)
+    vocab_size: int = 8000
+    pool_cap: int = 100                 # upstream examples per task in the indexes
+    train_steps: int = 150
+    batch_size: int = 8
+    feature_lengths: str = "{'inputs': 128, 'targets': 32}"
+    sbert_max_length: int = 128
+    num_tuples: int = 8
+    mining: tuple[str, ...] = ("num_queries=4", "num_heldout=16", "num_candidates=20", "num_rounds=2",
+                               "num_groups=4")
+    reranker: tuple[str, ...] = ("epochs=2", "batch_size=16", "learning_rate=2e-5", "warmup_steps=4",
+                                 "max_length=256")
+    methods: tuple[str, ...] = ("base", "random", "sbert", "recross_dense", "recross")
+    num_query_sets: int = 2
+    num_queries: int = 8
+    num_retrieved: int = 32
+    upsample_ratio: float = 2.0
+    max_eval_examples: int = 64
+    relearn_learning_rate: float = 1e-4
+    relearn_epochs: int = 2
+
+
+def run_stage(out_dir: str, name: str, argv: Sequence[str], done_marker: str) -> float | None:
+    """Runs `recross argv` unless `done_marker` exists from a run with the same argv.
+
+    Returns the seconds it took, or None when skipped. A failing command raises UserError.
+    """
+    argv = list(argv)
+    record = os.path.join(out_dir, name, STAGE_RECORD)
+    if os.path.exists(done_marker) and os.path.exists(record):
+        with open(record, encoding="utf-8") as f:
+            if json.load(f).get("argv") == argv:
+                print(f"\n=== {name}: up to date ({done_marker}), skipped ===", flush=True)
+                return None
+    print(f"\n=== {name}: recross {' '.join(argv)} ===", flush=True)
+    start = time.perf_counter()
+    code = cli.main(argv)
+    if code:
+        raise UserError(f"stage {name} failed (exit code {code})")
+    elapsed = time.perf_counter() - start
+    write_json_atomic(record, {"argv": argv, "seconds": round(elapsed, 1)})
+    print(f"=== {name}: {elapsed:.0f} s ===", flush=True)
+    return elapsed
+
+
+def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
+    """Runs every stage of `cfg`; returns the report summary (see `reporting.write_report`)."""
+    out = cfg.out_dir
+    path = lambda *parts: os.path.join(out, *parts)  # noqa: E731
+    os.makedirs(out, exist_ok=True)
+    vocab = path("vocab", f"spm_{cfg.vocab_size}.model")
+    os.environ["RECROSS_VOCAB"] = os.path.abspath(vocab)
+    data = ["--tasks_module", cfg.tasks_module, *(f"--gin.{b}" for b in cfg.gin_bindings)]
+    run_stage(out, "vocab", ["vocab", "train", "--mixture", cfg.upstream, "--size", str(cfg.vocab_size),
+                             "--out", vocab, *data], vocab)
+    if show_data:
+        for name in (cfg.upstream, *cfg.targets[:1]):
+            print(f"\n=== data: statistics of {name} (train split, first 200 examples per task) ===")
+            cli.main(["data", "stats", name, "--max_examples_per_task", "200", *data])
+        print(f"\n=== data: an example of {cfg.targets[0]} ===")
+        cli.main(["data", "show", cfg.targets[0], "-n", "1", "--split", "test", *data])
+
+    model_dir = path("upstream")
+    run_stage(out, "upstream", [
+        "train", "--gin_file=gin/upstream.gin", f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.MIXTURE_OR_TASK_NAME='{cfg.upstream}'", f"--gin.TRAIN_STEPS={cfg.train_steps}",
+        f"--gin.BATCH_SIZE={cfg.batch_size}", f"--gin.WARMUP_STEPS={max(1, cfg.train_steps // 3)}",
+        f"--gin.CHECKPOINT_PERIOD={cfg.train_steps}", f"--gin.TASK_FEATURE_LENGTHS={cfg.feature_lengths}",
+        f"--gin_bindings=import {cfg.tasks_module}", *data[2:]],
+        path("upstream", f"checkpoint_{cfg.train_steps}"))
+
+    index = ["index", "build", "--gin_file=gin/index.gin", f"--gin.MIXTURE='{cfg.upstream}'",
+             f"--gin.indexing.build.max_examples_per_task={cfg.pool_cap}", *data]
+    run_stage(out, "index_model", [*index, f"--gin.MODEL_DIR='{model_dir}'",
+                                   f"--gin.INDEX_DIR='{path('index_model')}'"],
+              path("index_model", "index", "manifest.json"))
+    if "sbert" in cfg.methods:
+        run_stage(out, "index_sbert", [*index, "--gin.EMBEDDER='sbert'", f"--gin.INDEX_DIR='{path('index_sbert')}'",
+                                       f"--gin.indexing.build.max_length={cfg.sbert_max_length}"],
+                  path("index_sbert", "index", "manifest.json"))
+
+    reranker = None
+    if "recross" in cfg.methods and cfg.upsample_ratio > 1:
+        tuples = path("mining", "tuples.jsonl")
+        run_stage(out, "mine", ["mine", "--gin_file=gin/mine.gin", f"--gin.MODEL_DIR='{model_dir}'",
+                                f"--gin.INDEX_DIR='{path('index_model')}'", f"--gin.OUT='{tuples}'",
+                                f"--gin.NUM_TUPLES={cfg.num_tuples}", *(f"--gin.mining.mine.{m}" for m in cfg.mining),
+                                *data], tuples)
+        reranker = path("reranker")
+        run_stage(out, "reranker", ["reranker", "train", "--tuples", tuples, "--out", reranker,
+                                    *(f"--gin.cross_encoder.train_reranker.{r}" for r in cfg.reranker)],
+                  reranker)
+
+    results = path("generalize")
+    run_stage(out, "generalize", [
+        "generalize", "--gin_file=gin/generalize.gin", *data, f"--gin.TARGETS={list(cfg.targets)}",
+        f"--gin.METHODS={list(cfg.methods)}", f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.MODEL_INDEX_DIR='{path('index_model')}'",
+        f"--gin.SBERT_INDEX_DIR={repr(path('index_sbert')) if 'sbert' in cfg.methods else None}",
+        f"--gin.RERANKER_DIR={repr(reranker)}", f"--gin.OUT_DIR='{results}'",
+        f"--gin.NUM_QUERY_SETS={cfg.num_query_sets}", f"--gin.NUM_QUERIES={cfg.num_queries}",
+        f"--gin.NUM_RETRIEVED={cfg.num_retrieved}", f"--gin.UPSAMPLE_RATIO={cfg.upsample_ratio}",
+        f"--gin.generalize.run.max_eval_examples={cfg.max_eval_examples}",
+        f"--gin.finetune.FinetuneConfig.learning_rate={cfg.relearn_learning_rate}",
+        f"--gin.finetune.FinetuneConfig.epochs={cfg.relearn_epochs}"], path("generalize", STAGE_RECORD))
+    from recross_jax import reporting  # pylint: disable=import-outside-toplevel
+    summary = reporting.write_report(results, path("report"))
+    with open(path("report", "table.md"), encoding="utf-8") as f:
+        print("\n" + f.read())
+    return summary
