@@ -1,0 +1,50 @@
+"""The results study of RESULTS.md: the evaluation protocol of SPEC §1.7 (5 query sets, every
+method) on (a) the BIG-bench split and (b) the TaskWeb-based split of SPEC §4.
+
+Each split runs the whole pipeline (`recross_jax/pipeline.py`): its own vocabulary and upstream
+model, indexes, mining, reranker, then generalization and the report. Stages resume, so the
+study can be stopped and started again. Sizes are what one 2-core CPU allows in about an hour;
+pass --train_steps etc. to go further.
+
+    python scripts/run_study.py --out runs/study [--splits bigbench taskweb] [--train_steps 600]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+from recross_jax import pipeline
+
+SPLITS = {
+    "bigbench": pipeline.PipelineConfig(
+        out_dir="bigbench", upstream="bigbench_upstream_sample",
+        targets=("bigbench.strategyqa", "bigbench.winowhy", "bigbench.logical_deduction.three_objects"),
+        gin_bindings=("tasks.bigbench.upstream_cap.cap=300",)),
+    "taskweb": pipeline.PipelineConfig(
+        out_dir="taskweb", upstream="p3mini_upstream", tasks_module="tasks.jsonl",
+        targets=("p3mini.cb", "p3mini.copa", "p3mini.wic")),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join("runs", "study"))
+    parser.add_argument("--splits", nargs="+", choices=sorted(SPLITS), default=sorted(SPLITS))
+    parser.add_argument("--train_steps", type=int, default=600)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--num_tuples", type=int, default=24)
+    parser.add_argument("--num_query_sets", type=int, default=5)
+    parser.add_argument("--max_eval_examples", type=int, default=100)
+    args = parser.parse_args()
+    for name in args.splits:
+        cfg = dataclasses.replace(
+            SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
+            batch_size=args.batch_size, pool_cap=300, num_tuples=args.num_tuples,
+            num_query_sets=args.num_query_sets, num_queries=16, num_retrieved=64,
+            max_eval_examples=args.max_eval_examples, relearn_epochs=2)
+        pipeline.run(cfg, show_data=False)
+
+
+if __name__ == "__main__":
+    main()
