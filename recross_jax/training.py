@@ -208,6 +208,7 @@ def loss_normalizer(batch: Mapping[str, jax.Array],
 # Optimizers and schedules.
 
 
+@functools.lru_cache(maxsize=64)
 def make_schedule(name: str = "constant", base_learning_rate: float = 1e-3,
                   warmup_steps: int = 0, total_steps: int | None = None,
                   end_learning_rate: float = 0.0) -> optax.Schedule:
@@ -247,6 +248,7 @@ def make_schedule(name: str = "constant", base_learning_rate: float = 1e-3,
     return schedule
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(name: str = "adafactor",
                    learning_rate: float | optax.Schedule = 1e-3,
                    clip_grad_norm: float | None = None,
@@ -257,7 +259,9 @@ def make_optimizer(name: str = "adafactor",
     """Adafactor (T5X's defaults) or AdamW, after optional global-norm gradient clipping.
 
     The learning rate is injected as a hyperparameter, so the current value lives in the
-    optimizer state (checkpointed, and reported by the train step as `learning_rate`).
+    optimizer state (checkpointed, and reported by the train step as `learning_rate`). Equal
+    arguments return the same object (as does `make_schedule`), so train steps built from
+    it share their compilation.
 
     Args:
       name: 'adafactor' or 'adamw'.
@@ -313,6 +317,60 @@ def _split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int
     return {k: split(v) for k, v in batch.items()}
 
 
+def _train_step(state: TrainState, batch: Mapping[str, jax.Array], model: nn.Module,
+                optimizer: optax.GradientTransformation, label_smoothing: float, z_loss: float,
+                loss_normalizing_factor: float | str | None, num_microbatches: int
+                ) -> tuple[TrainState, dict]:
+    """One optimizer update on `batch` (see `make_train_step`)."""
+    normalizer = loss_normalizer(batch, loss_normalizing_factor)
+    step_rng = jax.random.fold_in(state.rng, state.step)
+
+    def grads_of(micro: Mapping[str, jax.Array], rng: jax.Array):
+        def loss_fn(params: Any):
+            logits = model.apply({"params": params}, **_model_inputs(micro),
+                                 enable_dropout=True, rngs={"dropout": rng})
+            weights = loss_weights(micro)
+            loss_sum, z_sum = weighted_cross_entropy(
+                logits, micro["decoder_target_tokens"], weights, label_smoothing, z_loss)
+            correct = jnp.sum((logits.argmax(-1) == micro["decoder_target_tokens"]) * weights)
+            return loss_sum / normalizer, (z_sum / normalizer, correct, jnp.sum(weights))
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return grads, (loss,) + aux
+
+    if num_microbatches == 1:
+        grads, sums = grads_of(batch, step_rng)
+    else:
+        def accumulate(carry, xs):
+            index, micro_batch = xs
+            grads, sums = grads_of(micro_batch, jax.random.fold_in(step_rng, index))
+            return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+        zeros = (jax.tree.map(jnp.zeros_like, state.params),
+                 tuple(jnp.zeros((), jnp.float32) for _ in range(4)))
+        (grads, sums), _ = jax.lax.scan(
+            accumulate, zeros,
+            (jnp.arange(num_microbatches), _split_microbatches(batch, num_microbatches)))
+    loss, z_sum, correct, weight_sum = sums
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "z_loss": z_sum, "accuracy": correct / jnp.maximum(weight_sum, 1.0),
+               "target_tokens": weight_sum, "grad_norm": optax.tree.norm(grads)}
+    # `inject_hyperparams` records the rate this update used in the new state.
+    hyperparams = getattr(opt_state, "hyperparams", {})
+    if "learning_rate" in hyperparams:
+        metrics["learning_rate"] = hyperparams["learning_rate"]
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _eval_step(params: Any, batch: Mapping[str, jax.Array], model: nn.Module) -> dict:
+    """Summed NLL, argmax hits and loss weights of `batch` (see `make_eval_step`)."""
+    logits = model.apply({"params": params}, **_model_inputs(batch), enable_dropout=False)
+    weights = loss_weights(batch)
+    nll, _ = weighted_cross_entropy(logits, batch["decoder_target_tokens"], weights)
+    correct = jnp.sum((logits.argmax(-1) == batch["decoder_target_tokens"]) * weights)
+    return {"nll": nll, "correct": correct, "target_tokens": jnp.sum(weights)}
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
                     label_smoothing: float = 0.0, z_loss: float = 1e-4,
                     loss_normalizing_factor: float | str | None = "NUM_REAL_TARGET_TOKENS",
@@ -328,8 +386,12 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
     (token level), `target_tokens` (sum of loss weights), `grad_norm` (before clipping) and
     `learning_rate` (when the optimizer injects it).
 
+    Model, optimizer and loss settings are static arguments of one module-level jitted
+    function, so steps built again with equal ones (e.g. one re-learning run per target task)
+    reuse the compilation.
+
     Args:
-      model: a Flax module called as `model.apply({'params': p}, **features,
+      model: a hashable Flax module called as `model.apply({'params': p}, **features,
         enable_dropout=True, rngs={'dropout': key})` returning logits.
       optimizer: the transformation that created `state.opt_state`.
       label_smoothing, z_loss, loss_normalizing_factor: see `weighted_cross_entropy` and
@@ -342,61 +404,22 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
     """
     if num_microbatches < 1:
         raise UserError(f"num_microbatches must be >= 1, got {num_microbatches}")
-
-    def step_fn(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
-        normalizer = loss_normalizer(batch, loss_normalizing_factor)
-        step_rng = jax.random.fold_in(state.rng, state.step)
-
-        def grads_of(micro: Mapping[str, jax.Array], rng: jax.Array):
-            def loss_fn(params: Any):
-                logits = model.apply({"params": params}, **_model_inputs(micro),
-                                     enable_dropout=True, rngs={"dropout": rng})
-                weights = loss_weights(micro)
-                loss_sum, z_sum = weighted_cross_entropy(
-                    logits, micro["decoder_target_tokens"], weights, label_smoothing, z_loss)
-                correct = jnp.sum((logits.argmax(-1) == micro["decoder_target_tokens"])
-                                  * weights)
-                return loss_sum / normalizer, (z_sum / normalizer, correct, jnp.sum(weights))
-            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-            return grads, (loss,) + aux
-
-        if num_microbatches == 1:
-            grads, sums = grads_of(batch, step_rng)
-        else:
-            micro = _split_microbatches(batch, num_microbatches)
-
-            def accumulate(carry, xs):
-                index, micro_batch = xs
-                grads, sums = grads_of(micro_batch, jax.random.fold_in(step_rng, index))
-                return jax.tree.map(jnp.add, carry, (grads, sums)), None
-
-            zeros = (jax.tree.map(jnp.zeros_like, state.params),
-                     tuple(jnp.zeros((), jnp.float32) for _ in range(4)))
-            (grads, sums), _ = jax.lax.scan(
-                accumulate, zeros, (jnp.arange(num_microbatches), micro))
-        loss, z_sum, correct, weight_sum = sums
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "z_loss": z_sum,
-                   "accuracy": correct / jnp.maximum(weight_sum, 1.0),
-                   "target_tokens": weight_sum, "grad_norm": optax.tree.norm(grads)}
-        # `inject_hyperparams` records the rate this update used in the new state.
-        hyperparams = getattr(opt_state, "hyperparams", {})
-        if "learning_rate" in hyperparams:
-            metrics["learning_rate"] = hyperparams["learning_rate"]
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
+    # Passed positionally: jit takes no keyword arguments together with in_shardings.
+    statics = (model, optimizer, label_smoothing, z_loss, loss_normalizing_factor,
+               num_microbatches)
     if not jit:
-        return step_fn
+        return lambda state, batch: _train_step(state, batch, *statics)
+    static_argnums = tuple(range(2, 2 + len(statics)))
     if mesh is None:
-        return jax.jit(step_fn, donate_argnums=0)
+        jitted = jax.jit(_train_step, static_argnums=static_argnums, donate_argnums=0)
+        return lambda state, batch: jitted(state, batch, *statics)
     if state_shardings is None:
         raise ValueError("make_train_step with a mesh needs state_shardings")
-    replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(step_fn, in_shardings=(state_shardings,
-                                            partitioning.batch_sharding(mesh, rules)),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-    return _under_mesh(jitted, mesh, rules)
+    jitted = jax.jit(_train_step, static_argnums=static_argnums,
+                     in_shardings=(state_shardings, partitioning.batch_sharding(mesh, rules)),
+                     out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
+                     donate_argnums=0)
+    return _under_mesh(lambda state, batch: jitted(state, batch, *statics), mesh, rules)
 
 
 def make_eval_step(model: nn.Module, *, mesh: Mesh | None = None,
@@ -408,26 +431,19 @@ def make_eval_step(model: nn.Module, *, mesh: Mesh | None = None,
 
     Sums, not means, so that batches (and padded final batches) aggregate exactly.
     """
-    def step_fn(params: Any, batch: Mapping[str, jax.Array]) -> dict:
-        logits = model.apply({"params": params}, **_model_inputs(batch), enable_dropout=False)
-        weights = loss_weights(batch)
-        nll, _ = weighted_cross_entropy(logits, batch["decoder_target_tokens"], weights)
-        correct = jnp.sum((logits.argmax(-1) == batch["decoder_target_tokens"]) * weights)
-        return {"nll": nll, "correct": correct, "target_tokens": jnp.sum(weights)}
-
     if mesh is None:
-        return jax.jit(step_fn)
+        jitted = jax.jit(_eval_step, static_argnums=2)
+        return lambda params, batch: jitted(params, batch, model)
     if param_shardings is None:
         raise ValueError("make_eval_step with a mesh needs param_shardings")
-    jitted = jax.jit(step_fn,
+    jitted = jax.jit(_eval_step, static_argnums=2,
                      in_shardings=(param_shardings, partitioning.batch_sharding(mesh, rules)),
                      out_shardings=NamedSharding(mesh, PartitionSpec()))
-    return _under_mesh(jitted, mesh, rules)
+    return _under_mesh(lambda params, batch: jitted(params, batch, model), mesh, rules)
 
 
 def _under_mesh(fn: Callable, mesh: Mesh, rules: partitioning.LogicalRules) -> Callable:
     """Calls `fn` with `mesh` and `rules` active (logical constraints resolve at trace time)."""
-    @functools.wraps(fn)
     def wrapped(*args: Any) -> Any:
         with partitioning.activate(mesh, rules):
             return fn(*args)
@@ -517,18 +533,20 @@ def evaluate(eval_step: Callable, params: Any, batches: Iterable[Batch],
 
 
 class MetricsLog:
-    """Appends metric records to `metrics.jsonl` (and TensorBoard via clu when asked)."""
+    """Appends metric records to `metrics.jsonl` (and TensorBoard via clu when asked); only
+    the first process writes."""
 
     def __init__(self, model_dir: str, start_step: int, tensorboard: bool = False):
         self.path = os.path.join(model_dir, METRICS_FILE)
+        self.enabled = jax.process_index() == 0
+        self.writer = None
         # A resumed run repeats the steps after its checkpoint: drop their old records.
-        if os.path.exists(self.path):
+        if self.enabled and os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
                 kept = [line for line in f if line.strip()
                         and json.loads(line).get("step", 0) <= start_step]
             write_text_atomic(self.path, "".join(kept))
-        self.writer = None
-        if tensorboard:
+        if self.enabled and tensorboard:
             try:
                 from clu import metric_writers  # pylint: disable=import-outside-toplevel
             except ImportError:
@@ -537,6 +555,8 @@ class MetricsLog:
                 self.writer = metric_writers.create_default_writer(model_dir, asynchronous=False)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
         if self.writer is not None:
@@ -629,8 +649,8 @@ def train(*, model_dir: str,
             params = _restore_params(init_checkpoint, boxed, shardings.params)
         else:
             params = init_params(config, seed, mesh)
-        state = jax.jit(lambda p: TrainState.create(p, optimizer, seed),
-                        out_shardings=shardings, donate_argnums=0)(params)
+        state = jax.jit(TrainState.create, static_argnums=(1, 2), out_shardings=shardings,
+                        donate_argnums=0)(params, optimizer, seed)
         data_position = 0
 
     train_step = make_train_step(

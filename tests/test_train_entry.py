@@ -38,10 +38,14 @@ common.register_task("toy_entry", examples)
 EXPERIMENT = '''
 from __gin__ import dynamic_registration
 
+from recross_jax.models import t5
 import toy_entry_tasks
 
 include 'gin/models/t5_1_1_tiny.gin'
 include 'gin/runs/{run}.gin'
+
+t5.T5Config.num_encoder_layers = 1
+t5.T5Config.num_decoder_layers = 1
 
 VOCAB_SIZE = 128
 MIXTURE_OR_TASK_NAME = 'toy_entry'
@@ -93,7 +97,7 @@ def test_train_module_runs_a_tiny_experiment(experiment):
     assert all(0.0 <= r["eval/accuracy"] <= 1.0 and r["eval/target_tokens"] > 0
                for r in records if "eval/loss" in r)
     config, params = checkpoints.restore_model(str(model_dir))
-    assert (config.vocab_size, config.emb_dim, config.num_encoder_layers) == (128, 32, 2)
+    assert (config.vocab_size, config.emb_dim, config.num_encoder_layers) == (128, 32, 1)
     assert params["token_embedder"]["embedding"].shape == (128, 32)
 
 

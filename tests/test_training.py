@@ -26,8 +26,8 @@ def make_batch(seed: int, batch_size: int = 8, inputs: int = 10, targets: int = 
     rng = np.random.RandomState(seed)
     enc = rng.randint(2, VOCAB, size=(batch_size, inputs)).astype(np.int32)
     lengths = rng.randint(2, targets + 1, size=batch_size)
-    tgt = np.where(np.arange(targets)[None] < lengths[:, None], (enc[:, :targets] % (VOCAB - 2)) + 2,
-                   0).astype(np.int32)
+    tgt = np.where(np.arange(targets)[None] < lengths[:, None],
+                   (enc[:, :targets] % (VOCAB - 2)) + 2, 0).astype(np.int32)
     enc[:, inputs - 2:] = 0
     dec_in = np.concatenate([np.zeros((batch_size, 1), np.int32), tgt[:, :-1]], axis=1)
     return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
