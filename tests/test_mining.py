@@ -201,9 +201,16 @@ def test_bad_input_is_a_user_error_and_writes_nothing(setup, tmp_path):
         with pytest.raises(UserError, match=message):
             mining.mine(**kwargs)
         assert not out.parent.exists()
-    # Resuming a file mined with other settings.
+    # Resuming a file mined with other settings leaves it as it was.
+    mined_file = root / "parallel.jsonl"
+    before = mined_file.read_text()
     with pytest.raises(UserError, match="parallel.jsonl:1: written by another mining configuration"):
-        mining.mine(model_dir, index_dir, str(root / "parallel.jsonl"), **{**SETTINGS, "seed": 1})
+        mining.mine(model_dir, index_dir, str(mined_file), **{**SETTINGS, "seed": 1})
+    assert mined_file.read_text() == before
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json}\n")
+    with pytest.raises(UserError, match="broken.jsonl:1: not valid JSON"):
+        mining.mine(model_dir, index_dir, str(broken), **SETTINGS)
 
 
 def test_cli_writes_tuples_and_config(setup, mined, capsys, monkeypatch):

@@ -397,6 +397,8 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
                    eval_batch_size, reranker_dir)
     directory = os.path.dirname(os.path.abspath(out))
     os.makedirs(directory, exist_ok=True)
+    if os.path.exists(out):
+        _drop_partial_line(out)
     if on_start is not None:
         on_start(directory)
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -418,17 +420,13 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
 
 
 def read_tuples(path: str, settings: _Settings | None = None) -> list[dict]:
-    """The tuples of a mining output; a partially written last line (a killed run) is cut off
-    the file. With `settings`, every tuple must come from the same settings, in order.
-    """
+    """The complete tuples of a mining output (a partially written last line, left by a killed
+    run, is ignored). With `settings`, every tuple must come from them, in order."""
     with open(path, "rb") as f:
         data = f.read()
-    complete = data[:data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(complete))
+    complete = data[:data.rfind(b"\n") + 1].decode("utf-8")
     tuples = []
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), 1):
+    for number, line in enumerate(complete.splitlines(), 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
@@ -440,6 +438,13 @@ def read_tuples(path: str, settings: _Settings | None = None) -> list[dict]:
                             "choose another output file")
         tuples.append(record)
     return tuples
+
+
+def _drop_partial_line(path: str) -> None:
+    """Cuts a partially written last line off `path`, so appending starts on a fresh line."""
+    with open(path, "r+b") as f:
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
 
 
 def _vocabulary(retriever) -> Any:
