@@ -15,11 +15,15 @@ and `negatives` lists of input texts): every (q, p) is labeled 1, every (q, n) 0
 of the tuples (not of the pairs, so no query is seen in both) is the dev set; the epoch with
 the best dev accuracy (then lowest dev loss) is the one kept.
 
-Pairs go into batches of similar lengths (each padded to one of `row_lengths`), so a few shapes
-compile and little padding is computed. A reranker directory holds `reranker.json` (written
-last: the config, the training settings and dev metrics), `tokenizer.json`,
-`checkpoint_<best epoch>/params`, and `config.gin` when the CLI trained it; while training, the
-resumable state of the last finished epoch lives in `train/` (removed at the end).
+Pairs go into batches of similar lengths, each padded to one of a few bucket lengths
+(`row_lengths`: steps of a quarter of a power of two, so padding stays under a fifth), so few
+shapes compile and little padding is computed. Scoring buckets start at 16 tokens (most
+pairs are short); training buckets at 64 (each train-step shape is an expensive compile).
+
+A reranker directory holds `reranker.json` (written last: the config, the training settings
+and dev metrics), `tokenizer.json`, `checkpoint_<best epoch>/params`, and `config.gin` when
+the CLI trained it; while training, the resumable state of the last finished epoch lives in
+`train/` (removed at the end).
 """
 from __future__ import annotations
 
@@ -52,6 +56,9 @@ TOKENIZER_FILE = "tokenizer.json"
 TRAIN_DIR = "train"
 POSITIVE = 1  # label index of "helpful"
 _FORMAT = 1
+# Shortest bucket lengths of scoring and of training.
+_SCORE_BUCKET = 16
+_TRAIN_BUCKET = 64
 # Training pairs are sorted by length within windows of this many batches: batches of similar
 # lengths (little padding) while the order stays random at the scale of an epoch.
 _SORT_WINDOW_BATCHES = 64
@@ -204,7 +211,7 @@ class _Scorer:
                  param_shardings: Any = None):
         self.mesh = mesh
         self.data_size = 1 if mesh is None else mesh.shape["data"]
-        self.lengths = row_lengths(max_length)
+        self.lengths = row_lengths(max_length, min(_SCORE_BUCKET, max_length))
 
         def logits(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
             return model.apply({"params": params}, batch["input_ids"],
@@ -696,7 +703,8 @@ def train_reranker(tuples_path: str, out_dir: str, *,
         for epoch in range(len(history) + 1, epochs + 1):
             state, train_loss = _train_epoch(
                 program.train_step, state, train_pairs, train_labels,
-                epoch_batches(lengths, batch_size, seed, epoch), rows, scorer.lengths, mesh,
+                epoch_batches(lengths, batch_size, seed, epoch), rows,
+                row_lengths(max_length, min(_TRAIN_BUCKET, max_length)), mesh,
                 (epoch - 1) * steps_per_epoch, bar)
             dev = dev_metrics(scorer(state.params, dev_pairs, eval_batch_size), dev_labels)
             record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": train_loss,

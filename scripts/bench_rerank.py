@@ -1,0 +1,228 @@
+"""Pairs/s of our Flax cross-encoder reranker against the same MiniLM cross-encoder in PyTorch.
+
+Both sides score the same |Q| x |R'| (query, candidate) pairs with the same weights (the
+all-MiniLM-L6-v2 backbone and pooler plus one seeded 2-way head, copied into transformers'
+`BertForSequenceClassification`), the same pair tokenization (longest-first truncation to
+`--max_length`) and the same batch size, end to end (tokenizing included), each in its own
+process pinned to the same CPU cores (torch with that many threads). The PyTorch side runs in
+two orders: the pairs as given, query by query (what a plain loop over the candidates does, as
+the original ReCross reranker and sentence-transformers' `CrossEncoder.predict`), and sorted by
+length (less padding). Ours sorts by length and pads each batch to a fixed bucket length.
+JAX's compile time is measured by a warm-up pass and reported apart; the throughput is the
+best of `--repeats` timed passes.
+
+    python scripts/bench_rerank.py --queries 16 --candidates 64 --batch_size 64 --cores 2
+    python scripts/bench_rerank.py --texts pool.jsonl   # texts from a JSONL with "inputs"
+
+By default the texts are BIG-bench inputs from the asset cache: |Q| queries of one held-out
+target task and |R'| candidates drawn across the upstream tasks (seeded). Needs torch and
+transformers.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def bigbench_texts(query_task: str, num_queries: int, num_candidates: int, seed: int
+                   ) -> tuple[list[str], list[str]]:
+    """Queries: inputs of a BIG-bench target task; candidates: at most 2 inputs from each of
+    shuffled upstream tasks (those not named after a target, SPEC 4)."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from recross_jax import assets  # pylint: disable=import-outside-toplevel
+    from tasks.bigbench import TARGETS  # pylint: disable=import-outside-toplevel
+    root = assets.bigbench_tasks_dir()
+    rng = np.random.default_rng(seed)
+
+    def inputs(path: str) -> list[str]:
+        with open(path, encoding="utf-8") as f:
+            return [e["input"] for e in json.load(f).get("examples", [])
+                    if isinstance(e.get("input"), str) and e["input"].strip()]
+
+    pool = inputs(os.path.join(root, query_task, "task.json"))
+    if len(pool) < num_queries:
+        sys.exit(f"BIG-bench task {query_task} has {len(pool)} inputs, fewer than {num_queries}")
+    queries = [pool[i] for i in rng.choice(len(pool), num_queries, replace=False)]
+    files = sorted(f for f in glob.glob(os.path.join(root, "**", "task.json"), recursive=True)
+                   if not any(t in os.path.relpath(f, root) for t in TARGETS))
+    candidates: list[str] = []
+    for path in (files[i] for i in rng.permutation(len(files))):
+        texts = inputs(path)
+        candidates += [texts[i] for i in rng.choice(len(texts), min(2, len(texts)),
+                                                    replace=False)]
+        if len(candidates) >= num_candidates:
+            return queries, candidates[:num_candidates]
+    sys.exit(f"the upstream BIG-bench tasks hold fewer than {num_candidates} inputs")
+
+
+def file_texts(path: str, num_queries: int, num_candidates: int, seed: int
+               ) -> tuple[list[str], list[str]]:
+    """A seeded draw of disjoint queries and candidates from a JSONL file with "inputs"."""
+    with open(path, encoding="utf-8") as f:
+        texts = [json.loads(line)["inputs"] for line in f if line.strip()]
+    if len(texts) < num_queries + num_candidates:
+        sys.exit(f"{path} has {len(texts)} texts, fewer than {num_queries + num_candidates}")
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return ([texts[i] for i in order[:num_queries]],
+            [texts[i] for i in order[num_queries:num_queries + num_candidates]])
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _measure(fn: Callable[[], np.ndarray], repeats: int) -> dict:
+    """Warm-up time, then the best wall and CPU time of `repeats` passes (a shared machine
+    makes wall time include waiting for the cores; CPU time does not), and the output."""
+    warmup = _timed(fn)[0]
+    times = [_timed(fn) for _ in range(repeats)]
+    return {"warmup": warmup, "wall": min(t[0] for t in times),
+            "cpu": min(t[1] for t in times), "scores": fn()}
+
+
+def run_ours(queries: list[str], candidates: list[str], args: argparse.Namespace) -> dict:
+    from recross_jax.rerank.cross_encoder import Reranker  # pylint: disable=import-outside-toplevel
+    reranker = Reranker.from_init_dir(None, max_length=args.max_length, seed=args.seed,
+                                      batch_size=args.batch_size)
+    return _measure(lambda: reranker.score_pairs(queries, candidates), args.repeats)
+
+
+def run_torch(queries: list[str], candidates: list[str], args: argparse.Namespace) -> dict:
+    import torch  # pylint: disable=import-outside-toplevel
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from recross_jax import assets  # pylint: disable=import-outside-toplevel
+    from recross_jax.models.bert import BertConfig  # pylint: disable=import-outside-toplevel
+    from recross_jax.rerank import cross_encoder  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    model_dir = assets.minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = BertForSequenceClassification.from_pretrained(model_dir, num_labels=2).eval()
+    config = BertConfig.from_json_file(os.path.join(model_dir, "config.json"))
+    head = cross_encoder.head_params(config, args.seed)["classifier"]
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.tensor(head["kernel"].T))
+        model.classifier.bias.copy_(torch.tensor(head["bias"]))
+    firsts = [q for q in queries for _ in candidates]
+    seconds = list(candidates) * len(queries)
+
+    def score() -> np.ndarray:
+        order = np.arange(len(firsts))
+        if args.worker == "torch_sorted":  # the sort is part of the work, so it is timed
+            lengths = [len(ids) for ids in tokenizer(firsts, seconds, truncation="longest_first",
+                                                     max_length=args.max_length)["input_ids"]]
+            order = np.argsort(lengths, kind="stable")
+        out = np.zeros(len(firsts), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), args.batch_size):
+                rows = order[start:start + args.batch_size]
+                batch = tokenizer([firsts[i] for i in rows], [seconds[i] for i in rows],
+                                  padding=True, truncation="longest_first",
+                                  max_length=args.max_length, return_tensors="pt")
+                out[rows] = model(**batch).logits[:, 1].numpy()
+        return out.reshape(len(queries), len(candidates))
+
+    return _measure(score, args.repeats)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One side of the benchmark, in a process already pinned to its cores."""
+    with open(args.pairs, encoding="utf-8") as f:
+        texts = json.load(f)
+    queries, candidates = texts["queries"], texts["candidates"]
+    result = (run_ours if args.worker == "ours" else run_torch)(queries, candidates, args)
+    np.save(args.out, result.pop("scores"))
+    print(json.dumps({**result, "pairs": len(queries) * len(candidates)}))
+
+
+SIDES = (("torch_given", "PyTorch, pairs as given"), ("torch_sorted", "PyTorch, length-sorted"),
+         ("ours", "ours (Flax, jit, buckets)"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--queries", type=int, default=16, help="|Q|")
+    parser.add_argument("--candidates", type=int, default=64, help="|R'|")
+    parser.add_argument("--query_task", default="winowhy",
+                        help="BIG-bench target task of the queries (default: winowhy, whose "
+                             "inputs have the median length of the 14 targets')")
+    parser.add_argument("--texts", help="JSONL with 'inputs' instead of BIG-bench")
+    parser.add_argument("--batch_size", type=int, default=64, help="pairs per model call")
+    parser.add_argument("--max_length", type=int, default=512, help="tokens per pair")
+    parser.add_argument("--cores", type=int, default=2, help="CPU cores (and torch threads)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="texts and head weights")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--worker", choices=[s for s, _ in SIDES], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--pairs", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    if args.texts:
+        queries, candidates = file_texts(args.texts, args.queries, args.candidates, args.seed)
+    else:
+        queries, candidates = bigbench_texts(args.query_task, args.queries, args.candidates,
+                                             args.seed)
+    cores = sorted(os.sched_getaffinity(0))[:args.cores]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs_file = os.path.join(tmp, "texts.json")
+        with open(pairs_file, "w", encoding="utf-8") as f:
+            json.dump({"queries": queries, "candidates": candidates}, f)
+        for side, _ in SIDES:
+            out = os.path.join(tmp, f"{side}.npy")
+            command = [sys.executable, __file__, "--worker", side, "--out", out,
+                       "--pairs", pairs_file] + [
+                f"--{k}={v}" for k, v in vars(args).items()
+                if k in ("batch_size", "max_length", "repeats", "seed")]
+            env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="true")
+            proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
+                                  preexec_fn=lambda: os.sched_setaffinity(0, cores))
+            if proc.returncode != 0:
+                sys.exit(f"{side} worker failed:\n{proc.stderr[-3000:]}")
+            results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[side]["scores"] = np.load(out)
+    pairs = results["ours"]["pairs"]
+    for side, name in SIDES:
+        r = results[side]
+        print(f"{name:28s} {pairs / r['wall']:8.1f} pairs/s wall, {pairs / r['cpu']:8.1f} per "
+              f"CPU-s ({r['wall']:.2f} s per pass, {r['cpu']:.2f} CPU-s; first pass "
+              f"{r['warmup']:.2f} s)")
+    ours = results["ours"]
+    summary = {"pairs": pairs, "query_task": None if args.texts else args.query_task,
+               "texts": args.texts, "batch_size": args.batch_size, "max_length": args.max_length,
+               "cores": cores, "date": time.strftime("%Y-%m-%d"),
+               "max_abs_logit_diff": float(np.abs(ours["scores"]
+                                                  - results["torch_given"]["scores"]).max())}
+    for side, _ in SIDES[:2]:
+        r = results[side]
+        summary[f"ratio_vs_{side}"] = {"wall": r["wall"] / ours["wall"],
+                                       "cpu": r["cpu"] / ours["cpu"]}
+        print(f"speed ratio ours / {side}: {summary[f'ratio_vs_{side}']['wall']:.2f}x wall, "
+              f"{summary[f'ratio_vs_{side}']['cpu']:.2f}x CPU time")
+    print(f"{pairs} pairs, batch_size={args.batch_size}, max_length={args.max_length}, "
+          f"cores={cores}; max |logit difference| ours vs PyTorch "
+          f"{summary['max_abs_logit_diff']:.2e}")
+    if args.json:
+        summary["sides"] = {side: {k: v for k, v in results[side].items() if k != "scores"}
+                            for side, _ in SIDES}
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
