@@ -72,6 +72,7 @@ def run_torch(texts: list[str], batch_size: int, max_length: int, repeats: int, 
     """(vectors, best (wall, CPU) seconds per pass, warm-up seconds) of transformers' BERT."""
     import torch  # pylint: disable=import-outside-toplevel
     from transformers import AutoModel, AutoTokenizer  # pylint: disable=import-outside-toplevel
+
     from recross_jax import assets  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads)
     model_dir = assets.minilm_dir()

@@ -249,8 +249,7 @@ def _sentence_transformers_reference(directory: str, texts: list[str]) -> np.nda
     torch = pytest.importorskip("torch")
     try:
         from sentence_transformers import SentenceTransformer
-        from sentence_transformers.sentence_transformer.modules import (Normalize, Pooling,
-                                                                        Transformer)
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     except ImportError:
         from transformers import AutoModel, AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(directory)

@@ -18,8 +18,8 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
