@@ -121,40 +121,51 @@ def init_params(config: T5Config, seed: int, mesh: Mesh,
 # Losses (T5X semantics).
 
 
-@jax.custom_vjp
-def cross_entropy_with_logits(logits: jax.Array, soft_targets: jax.Array,
-                              z_loss: float) -> tuple[jax.Array, jax.Array]:
-    """Per-token cross entropy against soft targets plus `z_loss * log(Z)^2`.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def token_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float,
+                        z_loss: float) -> tuple[jax.Array, jax.Array]:
+    """Per-token cross entropy against label-smoothed targets plus `z_loss * log(Z)^2`.
 
-    Returns (loss including the z-loss term, the z-loss term), both [..., length]. The
-    custom gradient is T5X's: it reuses the softmax of the forward pass, which is cheaper and
-    more stable than differentiating `logsumexp`.
+    The target distribution puts `1 - label_smoothing` on the label and the rest evenly on the
+    other classes (T5X's `cross_entropy_with_logits` on its soft targets). Returns (loss
+    including the z-loss term, the z-loss term), both shaped like `targets`.
+
+    Written in terms of log Z, the label's logit and the sum of the logits, so no one-hot
+    [..., vocab] array is built; the custom gradient (T5X's) keeps only the logits and log Z
+    and recomputes the softmax in one fused pass.
     """
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    loss = -jnp.sum(soft_targets * (logits - log_z[..., None]), axis=-1)
+    return _token_cross_entropy_fwd(logits, targets, label_smoothing, z_loss)[0]
+
+
+def _token_cross_entropy_fwd(logits: jax.Array, targets: jax.Array, label_smoothing: float,
+                             z_loss: float):
+    vocab = logits.shape[-1]
+    peak = jax.lax.stop_gradient(logits.max(axis=-1))
+    log_z = jnp.log(jnp.sum(jnp.exp(logits - peak[..., None]), axis=-1)) + peak
+    label_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    loss = log_z - label_logit
+    if label_smoothing:
+        low = label_smoothing / (vocab - 1)
+        # -sum_v soft_v log p_v with soft = low + (confidence - low) * onehot.
+        loss = ((1.0 - label_smoothing - low) * loss
+                - low * (jnp.sum(logits, axis=-1) - vocab * log_z))
     z_term = z_loss * jnp.square(log_z)
-    return loss + z_term, z_term
+    return (loss + z_term, z_term), (logits, targets, log_z)
 
 
-def _cross_entropy_fwd(logits: jax.Array, soft_targets: jax.Array, z_loss: float):
-    shifted = logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
-    exp_shifted = jnp.exp(shifted)
-    sum_exp = jnp.sum(exp_shifted, axis=-1, keepdims=True)
-    log_softmax = shifted - jnp.log(sum_exp)
-    log_z = jnp.squeeze(jnp.log(sum_exp), -1) + logits.max(axis=-1)
-    z_term = z_loss * jnp.square(log_z)
-    loss = -jnp.sum(soft_targets * log_softmax, axis=-1) + z_term
-    return (loss, z_term), (soft_targets, z_loss, exp_shifted / sum_exp, log_softmax, log_z)
-
-
-def _cross_entropy_bwd(residuals, grads):
-    soft_targets, z_loss, softmax, log_softmax, log_z = residuals
+def _token_cross_entropy_bwd(label_smoothing: float, z_loss: float, residuals, grads):
+    logits, targets, log_z = residuals
     g = grads[0]  # the z-loss output is for logging; its gradient is already in the loss
-    d_logits = (1.0 + 2.0 * z_loss * log_z)[..., None] * softmax - soft_targets
-    return (g[..., None] * d_logits, -g[..., None] * log_softmax, jnp.zeros_like(z_loss))
+    vocab = logits.shape[-1]
+    low = label_smoothing / (vocab - 1)
+    softmax = jnp.exp(logits - log_z[..., None])
+    label = jax.nn.one_hot(targets, vocab, dtype=logits.dtype)
+    d_logits = ((1.0 + 2.0 * z_loss * log_z)[..., None] * softmax
+                - low - (1.0 - label_smoothing - low) * label)
+    return g[..., None] * d_logits, None
 
 
-cross_entropy_with_logits.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+token_cross_entropy.defvjp(_token_cross_entropy_fwd, _token_cross_entropy_bwd)
 
 
 def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
@@ -162,17 +173,16 @@ def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.A
                            ) -> tuple[jax.Array, jax.Array]:
     """Sums over tokens of (cross entropy, z-loss), weighted; T5X's label-smoothing semantics.
 
-    With smoothing the target puts `1 - label_smoothing` on the label and spreads the rest over
-    the other classes; the entropy of that distribution is subtracted so a perfect model
-    scores 0.
+    The entropy of the smoothed target distribution is subtracted, as in T5X, so a perfect
+    model scores 0.
     """
     vocab = logits.shape[-1]
     confidence = 1.0 - label_smoothing
     low = label_smoothing / (vocab - 1)
     entropy = -(confidence * math.log(confidence)
                 + (vocab - 1) * low * math.log(low + 1e-20)) if label_smoothing else 0.0
-    soft = jax.nn.one_hot(targets, vocab, dtype=logits.dtype) * (confidence - low) + low
-    loss, z_term = cross_entropy_with_logits(logits, soft, jnp.asarray(z_loss, logits.dtype))
+    loss, z_term = token_cross_entropy(logits, targets.astype(jnp.int32), float(label_smoothing),
+                                       float(z_loss))
     return jnp.sum((loss - entropy) * weights), jnp.sum(z_term * weights)
 
 
