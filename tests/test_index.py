@@ -125,6 +125,8 @@ def test_scann_config_scales_with_pool():
     assert ScannConfig.for_pool(40_000, num_leaves=50).leaves_to_search == 8
     with pytest.raises(UserError, match="unknown ScaNN parameter 'leaves'"):
         ScannConfig.for_pool(40_000, leaves=3)
+    with pytest.raises(UserError, match="partition_avq must be positive or None, got -1"):
+        ScannConfig.for_pool(40_000, partition_avq=-1)
     with pytest.raises(UserError, match="leaves_to_search=300 exceeds num_leaves=200"):
         ScannConfig.for_pool(40_000, leaves_to_search=300)
 
@@ -187,7 +189,8 @@ def test_load_missing_index(tmp_path):
 
 
 @pytest.mark.parametrize("vectors,ids,kwargs,message", [
-    (np.ones(8), _ids(8), {}, r"index vectors must be a 2-D numeric array \[rows, dims\], got shape \(8,\)"),
+    (np.ones(8), _ids(8), {},
+     r"index vectors must be a 2-D numeric array \[rows, dims\], got shape \(8,\)"),
     (np.ones((0, 4)), [], {}, "cannot build an index over an empty pool"),
     (np.ones((3, 4)), _ids(2), {}, "got 2 ids for 3 vectors"),
     (np.ones((3, 4)), ["a", "b", "a"], {}, "duplicate index id 'a'"),

@@ -49,7 +49,7 @@ def needed_k(num_queries: int, num_candidates: int, mode: str = "concat") -> int
 
 def aggregate(ids: np.ndarray, scores: np.ndarray, num_candidates: int,
               mode: str = "concat") -> tuple[np.ndarray, np.ndarray]:
-    """Aggregates per-query rankings into at most `num_candidates` (ids, scores); see the module doc.
+    """Aggregates per-query rankings into at most `num_candidates` candidates (see module doc).
 
     Args:
       ids: [q, k] ids, each row one query's ranking, best first, as from `Index.search` called
