@@ -67,16 +67,22 @@ def _flops(fn, *args) -> float:
     return float(analysis["flops"])
 
 
-def time_rounds(finetuner: mining.GroupFinetuner, groups: list, seeds: list[int], heldout: list,
-                repeats: int) -> tuple[list[float], np.ndarray]:
-    """Seconds per round over `repeats` rounds after a first (compiling) round."""
-    losses = finetuner.heldout_losses(groups, seeds, heldout)
-    times = []
-    for _ in range(repeats):
+def time_rounds(finetuners: dict[str, mining.GroupFinetuner], groups: list, seeds: list[int],
+                heldout: list, repeats: int) -> dict[str, dict]:
+    """Per mode: the first (compiling) round's seconds, then `repeats` timed rounds, the modes
+    alternating so that a change in the machine's load hits both alike."""
+    results = {}
+    for name, finetuner in finetuners.items():
         start = time.perf_counter()
-        finetuner.heldout_losses(groups, seeds, heldout)
-        times.append(time.perf_counter() - start)
-    return times, losses
+        losses = finetuner.heldout_losses(groups, seeds, heldout)
+        results[name] = {"first_round_s": time.perf_counter() - start, "round_s": [],
+                         "losses": [float(x) for x in losses]}
+    for _ in range(repeats):
+        for name, finetuner in finetuners.items():
+            start = time.perf_counter()
+            finetuner.heldout_losses(groups, seeds, heldout)
+            results[name]["round_s"].append(time.perf_counter() - start)
+    return results
 
 
 def main() -> None:
@@ -109,16 +115,13 @@ def main() -> None:
     breakdown = flops_per_round(config, params, cfg, groups, heldout, args.eval_batch_size)
     flops = sum(breakdown.values())
 
-    results = {}
-    for name, parallel in (("sequential", False), ("parallel", True)):
-        finetuner = mining.GroupFinetuner(config, params, cfg, parallel=parallel,
-                                          eval_batch_size=args.eval_batch_size)
-        start = time.perf_counter()
-        times, losses = time_rounds(finetuner, groups, seeds, heldout, args.repeats)
-        results[name] = {"first_round_s": time.perf_counter() - start - sum(times),
-                         "round_s": times, "median_round_s": statistics.median(times),
-                         "gflops_per_s": flops / statistics.median(times) / 1e9,
-                         "losses": [float(x) for x in losses]}
+    finetuners = {name: mining.GroupFinetuner(config, params, cfg, parallel=parallel,
+                                              eval_batch_size=args.eval_batch_size)
+                  for name, parallel in (("sequential", False), ("parallel", True))}
+    results = time_rounds(finetuners, groups, seeds, heldout, args.repeats)
+    for r in results.values():
+        r["median_round_s"] = statistics.median(r["round_s"])
+        r["gflops_per_s"] = flops / r["median_round_s"] / 1e9
     np.testing.assert_allclose(results["parallel"]["losses"], results["sequential"]["losses"], rtol=1e-4)
     speedup = results["sequential"]["median_round_s"] / results["parallel"]["median_round_s"]
     report = {
