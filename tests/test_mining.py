@@ -8,12 +8,13 @@ import types
 
 import bigbench_fixtures
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import pytest
 import seqio
 
-from recross_jax import checkpoints, finetune
+from recross_jax import checkpoints, finetune, rerank
 from recross_jax.errors import UserError
 from recross_jax.models import t5
 from recross_jax.rerank import mining
@@ -175,7 +176,10 @@ def test_reranker_chooses_the_candidates(setup, monkeypatch):
 
     fake = types.ModuleType("recross_jax.rerank.cross_encoder")
     fake.load_reranker = lambda path: Reversing()
+    # `from recross_jax.rerank import cross_encoder` reads the package attribute when the real
+    # module was imported before, else sys.modules.
     monkeypatch.setitem(sys.modules, "recross_jax.rerank.cross_encoder", fake)
+    monkeypatch.setattr(rerank, "cross_encoder", fake, raising=False)
     settings = {**SETTINGS, "num_tuples": 1}
     record = mining.mine(model_dir, index_dir, str(root / "reranked.jsonl"),
                          reranker_dir="unused", upsample_ratio=1.5, **settings)[0]
@@ -225,10 +229,13 @@ def test_cli_writes_tuples_and_config(setup, mined, capsys, monkeypatch):
              "--gin.group/finetune.FinetuneConfig.clip_grad_norm=1.0"]
     flags += [f"--gin.mining.mine.{k}={v!r}" for k, v in SETTINGS.items()
               if k not in ("num_tuples", "finetune_config")]
-    assert mining.main(flags) == 0
-    assert "1 tuples" in capsys.readouterr().out
-    assert [json.loads(line) for line in out.read_text().splitlines()] == mined[0][:1]
-    assert "mining.mine.num_candidates = 12" in (root / "cli" / "config.gin").read_text()
-    assert mining.main(["--gin_file=gin/mine.gin", f"--gin.MODEL_DIR='{model_dir}'"]) == 2
-    err = capsys.readouterr().err
-    assert "missing required gin binding" in err and len(err.strip().splitlines()) == 1
+    try:
+        assert mining.main(flags) == 0
+        assert "1 tuples" in capsys.readouterr().out
+        assert [json.loads(line) for line in out.read_text().splitlines()] == mined[0][:1]
+        assert "mining.mine.num_candidates = 12" in (root / "cli" / "config.gin").read_text()
+        assert mining.main(["--gin_file=gin/mine.gin", f"--gin.MODEL_DIR='{model_dir}'"]) == 2
+        err = capsys.readouterr().err
+        assert "missing required gin binding" in err and len(err.strip().splitlines()) == 1
+    finally:
+        gin.clear_config()  # the parsed mine.gin stays out of later tests
