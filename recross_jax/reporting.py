@@ -102,7 +102,7 @@ def retrieval_distribution(runs: Iterable[dict]) -> dict[str, dict[str, collecti
 
 
 def plot_heatmap(runs: Sequence[dict], path: str, top_tasks: int = 25) -> None:
-    """PNG: per method a panel of targets × upstream tasks, cells = share of retrieved examples.
+    """PNG: per method a panel (stacked) of targets × upstream tasks, cells = share of retrieved examples.
 
     The `top_tasks` upstream tasks retrieved most often overall get their own column; the rest
     are summed into "other".
@@ -122,9 +122,11 @@ def plot_heatmap(runs: Sequence[dict], path: str, top_tasks: int = 25) -> None:
     columns = [task for task, _ in totals.most_common(top_tasks)]
     has_other = len(totals) > len(columns)
     labels = columns + (["other"] if has_other else [])
-    fig, axes = plt.subplots(1, len(methods), squeeze=False,
-                             figsize=(max(6, 0.35 * len(labels)) * len(methods), 1.2 + 0.45 * len(targets)))
-    for ax, method in zip(axes[0], methods):
+    # One panel per method, stacked, so long task names stay readable on both axes.
+    panel_height = 1.0 + 0.4 * len(targets)
+    fig, axes = plt.subplots(len(methods), 1, squeeze=False, sharex=True,
+                             figsize=(max(8.0, 0.3 * len(labels) + 4.0), panel_height * len(methods) + 2.5))
+    for ax, method in zip(axes[:, 0], methods):
         grid = np.zeros((len(targets), len(labels)))
         for i, target in enumerate(targets):
             counts = dist[method].get(target, collections.Counter())
@@ -135,6 +137,7 @@ def plot_heatmap(runs: Sequence[dict], path: str, top_tasks: int = 25) -> None:
         image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(grid.max(), 1e-9))
         ax.set_title(method)
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.tick_params(axis="x", labelbottom=ax is axes[-1, 0])
         ax.set_yticks(range(len(targets)), targets, fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.03, label="share of retrieved examples")
     fig.tight_layout()
