@@ -212,6 +212,7 @@ class _Scorer:
         self.mesh = mesh
         self.data_size = 1 if mesh is None else mesh.shape["data"]
         self.lengths = row_lengths(max_length, min(_SCORE_BUCKET, max_length))
+        self.num_labels = model.num_labels
 
         def logits(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
             return model.apply({"params": params}, batch["input_ids"],
@@ -243,13 +244,10 @@ class _Scorer:
             length = _bucket_length(int(lengths[positions[-1]]), self.lengths)
             batch = _layout(encoded, positions, rows, length)
             pending.append((positions, self._run(params, batch)))  # dispatched asynchronously
-        out = None
+        out = np.zeros((len(encoded), self.num_labels), np.float32)
         for positions, logits in pending:
-            logits = np.asarray(jax.device_get(logits), np.float32)
-            if out is None:
-                out = np.zeros((len(encoded), logits.shape[-1]), np.float32)
-            out[positions] = logits[:len(positions)]
-        return out if out is not None else np.zeros((0, 0), np.float32)
+            out[positions] = np.asarray(jax.device_get(logits))[:len(positions)]
+        return out
 
     def _run(self, params: Any, batch: dict[str, np.ndarray]) -> jax.Array:
         if self.mesh is None:
