@@ -25,7 +25,7 @@ One JSON line per tuple is appended to the output file (flushed and fsynced):
 The group fine-tunes of a round run at once (`parallel=True`): the copies' train states are
 stacked on a leading axis, the pure train step of `training.make_train_step` is `jax.vmap`ped
 over (stacked states, stacked batches [n, B, L]) and jitted, the stacked axis sharded over
-the mesh's `data` axis (over as many devices as divide n evenly), followed by a vmapped
+the mesh's `data` axis (over the most devices that divide n evenly), followed by a vmapped
 held-out loss. `parallel=False` runs the same program one copy at a time in a Python loop
 (the original design); both give the same scores up to float rounding.
 """
@@ -54,7 +54,8 @@ from recross_jax.retrieval import indexing
 TokenPair = finetune.TokenPair
 
 # SPEC §1.4's group fine-tune: 1 epoch, batch 2, AdamW at 3e-5 with 3 warmup steps, clip 0.1.
-# The rate then decays linearly to 0 over the fine-tune, as the original (HF-trainer) code did.
+# After the warmup the rate decays linearly to 0 (HF's get_linear_schedule_with_warmup, the usual
+# companion of a warmup; the SPEC names none): schedule='constant' keeps it flat instead.
 GROUP_FINETUNE = finetune.FinetuneConfig(learning_rate=3e-5, optimizer="adamw", schedule="linear",
                                          warmup_steps=3, batch_size=2, epochs=1, clip_grad_norm=0.1)
 
