@@ -1,11 +1,14 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""File I/O shared by every module: atomic writes (a reader never sees a half-written file) and
+JSONL reading whose errors name the file and line."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+from recross_jax.errors import UserError
 
 
 @contextlib.contextmanager
@@ -33,3 +36,42 @@ def write_text_atomic(path: str, text: str) -> None:
 def write_json_atomic(path: str, obj: Any) -> None:
     """Writes `obj` as indented JSON to `path` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def parse_jsonl_lines(lines: Iterable[str], path: str) -> list[tuple[int, dict]]:
+    """(1-based line number, object) for every non-blank line; blank lines are skipped.
+
+    Raises:
+      UserError: a line that is not JSON, or not a JSON object (names `path` and the line).
+    """
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{number}: not valid JSON ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append((number, row))
+    return rows
+
+
+def read_jsonl(path: str, what: str = "JSONL file") -> list[tuple[int, dict]]:
+    """(1-based line number, object) for every non-blank line of the file at `path`.
+
+    Raises:
+      UserError: `what` is missing, not a file, unreadable or not UTF-8; or a malformed line.
+    """
+    if not os.path.exists(path):
+        raise UserError(f"{what} not found: {path}")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} is not a file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_jsonl_lines(f, path)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text: {e.reason}") from e

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Callable, Sequence
 
 import gin
 import seqio
 
+from recross_jax import io_utils
 from recross_jax.errors import UserError
 from tasks import common
 
@@ -53,7 +53,8 @@ PathOrDir = str | Callable[[], str]
 
 
 def read_jsonl(path: str) -> tuple[tuple[int, dict], ...]:
-    """(0-based line number, JSON object) for every non-blank line of `path`.
+    """(0-based line number, JSON object) for every non-blank line of `path`, cached by path,
+    modification time and size (so an edited file is read again).
 
     Raises:
       UserError: the file is missing, or a line is not a JSON object (names file and line).
@@ -62,29 +63,13 @@ def read_jsonl(path: str) -> tuple[tuple[int, dict], ...]:
         stat = os.stat(path)
     except OSError as e:
         raise UserError(f"JSONL file not found: {path}") from e
-    if not os.path.isfile(path):
-        raise UserError(f"not a JSONL file: {path}")
     return _read_jsonl(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
 
 
-# Keyed by modification time and size so an edited file is read again.
 @functools.lru_cache(maxsize=64)
 def _read_jsonl(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, dict], ...]:
     del mtime_ns, size
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{line_no + 1}: malformed JSON: {e.msg}") from e
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{line_no + 1}: expected a JSON object, got "
-                                f"{type(row).__name__}")
-            rows.append((line_no, row))
-    return tuple(rows)
+    return tuple((number - 1, row) for number, row in io_utils.read_jsonl(path))
 
 
 def parse_row(row: dict, *, where: str, task: str) -> dict | None:

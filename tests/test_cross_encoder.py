@@ -324,12 +324,12 @@ def test_tuple_pairs_split_and_epoch_batches():
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, "cannot read tuples file"),
+    (None, "tuples file not found"),
     ("", "holds no tuples"),
     ("\n\n", "holds no tuples"),
     ('{"queries": ["q"], "positives": ["p"], "negatives": []}\n{"queries": [\n',
      r":2: not valid JSON"),
-    ('["q", "p"]\n', r":1: a tuple must be a JSON object"),
+    ('["q", "p"]\n', r":1: expected a JSON object, got list"),
     ('{"queries": ["q"], "positives": "p", "negatives": []}\n', r":1: 'positives' must be"),
     ('{"queries": ["q"], "negatives": ["n"]}\n', r":1: 'positives' must be"),
     ('{"queries": ["q", 3], "positives": ["p"], "negatives": []}\n', r":1: 'queries' must be"),

@@ -92,7 +92,7 @@ def test_seqio_source_yields_the_schema(tmp_path):
 
 
 @pytest.mark.parametrize("line, problem", [
-    ("{not json", "malformed JSON"),
+    ("{not json", "not valid JSON"),
     ("[1, 2]", "expected a JSON object, got list"),
     ('{"targets": "x"}', "`inputs` must be a string, got null"),
     ('{"inputs": "x", "targets": 3}', "`targets` must be a string or a non-empty list"),

@@ -226,7 +226,7 @@ def test_missing_data_is_a_user_error(tmp_path, monkeypatch):
     _write_rows(tmp_path, "piqa/train.jsonl", [PIQA_ROW])
     with open(tmp_path / "piqa" / "train.jsonl", "a", encoding="utf-8") as f:
         f.write("{not json\n")
-    with pytest.raises(UserError, match=r"piqa/train\.jsonl:2: malformed JSON"):
+    with pytest.raises(UserError, match=r"piqa/train\.jsonl:2: not valid JSON"):
         p3.examples("p3.piqa.pick_correct_choice_index", "train")
     with pytest.raises(UserError, match="has no split 'test'"):
         p3.examples("p3.squad_v2.Questions_with_Context", "test")

@@ -45,11 +45,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from recross_jax import checkpoints, gin_utils, partitioning, training
+from recross_jax import checkpoints, gin_utils, io_utils, partitioning, training
 from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_json_atomic
 from recross_jax.models.bert import BertConfig, BertModel, Dense, load_hf_bert
-from recross_jax.retrieval.sentence import row_lengths
+from recross_jax.retrieval.embed import row_lengths
 
 RERANKER_FILE = "reranker.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -428,23 +428,8 @@ def read_tuples(path: str) -> list[dict]:
     Raises:
       UserError: missing or unreadable file, a malformed line (named by number), no tuples.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except OSError as e:
-        raise UserError(f"cannot read tuples file {path}: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise UserError(f"tuples file {path} is not UTF-8 text: {e.reason}") from e
     tuples = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{number}: not valid JSON ({e.msg})") from e
-        if not isinstance(record, dict):
-            raise UserError(f"{path}:{number}: a tuple must be a JSON object")
+    for number, record in io_utils.read_jsonl(path, what="tuples file"):
         for key in ("queries", "positives", "negatives"):
             texts = record.get(key)
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from recross_jax import checkpoints, finetune, gin_utils, partitioning, training
+from recross_jax import checkpoints, finetune, gin_utils, io_utils, partitioning, training
 from recross_jax.errors import UserError
 from recross_jax.models.t5 import T5Config, Transformer
 from recross_jax.retrieval import indexing
@@ -427,11 +427,7 @@ def read_tuples(path: str, settings: _Settings | None = None) -> list[dict]:
         data = f.read()
     complete = data[:data.rfind(b"\n") + 1].decode("utf-8")
     tuples = []
-    for number, line in enumerate(complete.splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{number}: not valid JSON ({e.msg})") from e
+    for number, record in io_utils.parse_jsonl_lines(complete.splitlines(), path):
         if settings is not None and (record.get("index") != number - 1
                                      or record.get("config_hash") != settings.hash()):
             raise UserError(f"{path}:{number}: written by another mining configuration or seed "

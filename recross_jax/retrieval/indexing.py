@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import os
 import sys
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from recross_jax import corpus
+from recross_jax import corpus, io_utils
 from recross_jax.errors import UserError
 from recross_jax.retrieval import aggregate as aggregate_lib
 from recross_jax.retrieval import embed
@@ -87,21 +86,12 @@ def build(mixture: str, out_dir: str, embedder: str = "model",
 
 def read_queries(path: str) -> list[str]:
     """Query inputs from a JSONL file with a non-empty string `inputs` on every line."""
-    if not os.path.isfile(path):
-        raise UserError(f"queries file not found: {path}")
     queries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{number}: not valid JSON ({e.msg})") from e
-            text = record.get("inputs") if isinstance(record, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise UserError(f"{path}:{number}: each line needs a non-empty string field 'inputs'")
-            queries.append(text)
+    for number, record in io_utils.read_jsonl(path, what="queries file"):
+        text = record.get("inputs")
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{path}:{number}: each line needs a non-empty string field 'inputs'")
+        queries.append(text)
     if not queries:
         raise UserError(f"{path}: no queries (the file is empty)")
     return queries
