@@ -2,35 +2,24 @@
 import json
 import os
 
-import jax
+import bigbench_fixtures
 import numpy as np
 import pytest
-import seqio
-from flax import linen as nn
+import tiny_models
 
-import bigbench_fixtures
-from recross_jax import checkpoints, cli
-from recross_jax.models import t5
+from recross_jax import cli
 from recross_jax.retrieval import embed, indexing
 from tasks import bigbench
 
-SEQIO_TEST_VOCAB = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
-                                "sentencepiece.model")
 PREFIX = "bbidx"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("indexing")
-    os.environ["RECROSS_VOCAB"] = SEQIO_TEST_VOCAB
     bigbench.register_bigbench(bigbench_fixtures.write_tasks_dir(str(root)), cap=20, prefix=PREFIX)
-    vocab_size = seqio.SentencePieceVocabulary(SEQIO_TEST_VOCAB, extra_ids=100).vocab_size
-    config = t5.T5Config(vocab_size=vocab_size, dtype="float32", emb_dim=16, num_heads=2,
-                         num_encoder_layers=1, num_decoder_layers=1, head_dim=8, mlp_dim=32)
-    dummy = np.ones((1, 4), np.int32)
-    params = nn.unbox(t5.Transformer(config).init(jax.random.PRNGKey(0), dummy, dummy, dummy))["params"]
     model_dir = str(root / "model")
-    checkpoints.save_model(model_dir, config, params, step=7)
+    tiny_models.save_tiny_model(model_dir, step=7)
     queries = root / "queries.jsonl"
     queries.write_text("".join(json.dumps({"inputs": q}) + "\n" for q in
                                ["What is 5 + 1?", "Spell 12.", "Color 3?"]))
@@ -50,7 +39,8 @@ def test_index_build_and_retrieve(setup, capsys, monkeypatch):
     assert cli.main(build_args(root, model_dir, "index_model")) == 0
     out = capsys.readouterr().out
     manifest = embed.read_manifest(str(root / "index_model" / "pool"))
-    expected = sum(min(20, bigbench.num_examples(f"{PREFIX}.{t}", "train")) for t in bigbench_fixtures.UPSTREAM)
+    expected = sum(min(20, bigbench.num_examples(f"{PREFIX}.{t}", "train"))
+                   for t in bigbench_fixtures.UPSTREAM)
     assert manifest["count"] == expected and f"indexed {expected} examples" in out
     assert manifest["embedder"]["kind"] == "model" and manifest["embedder"]["step"] == 7
     assert (root / "index_model" / "config.gin").read_text().count("indexing.build") >= 1

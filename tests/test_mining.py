@@ -7,22 +7,17 @@ import sys
 import types
 
 import bigbench_fixtures
-import flax.linen as nn
 import gin
-import jax
 import numpy as np
 import pytest
-import seqio
+import tiny_models
 
-from recross_jax import checkpoints, finetune, rerank
+from recross_jax import finetune, rerank
 from recross_jax.errors import UserError
-from recross_jax.models import t5
 from recross_jax.rerank import mining
 from recross_jax.retrieval import indexing
 from tasks import bigbench
 
-SEQIO_TEST_VOCAB = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
-                                "sentencepiece.model")
 PREFIX = "bbmine"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A rate large enough that groups differ far more than float rounding; no warmup, as the
@@ -36,25 +31,12 @@ SETTINGS = dict(num_tuples=2, num_queries=3, num_heldout=5, num_candidates=12, n
                 eval_batch_size=4, progress=False)
 
 
-def tiny_config(vocab_size):
-    return t5.T5Config(vocab_size=vocab_size, dtype="float32", emb_dim=16, num_heads=2,
-                       num_encoder_layers=1, num_decoder_layers=1, head_dim=8, mlp_dim=32)
-
-
-def init_params(config, seed=0):
-    dummy = np.ones((1, 4), np.int32)
-    return nn.unbox(t5.Transformer(config).init(jax.random.PRNGKey(seed), dummy, dummy, dummy))["params"]
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("mining")
-    os.environ["RECROSS_VOCAB"] = SEQIO_TEST_VOCAB
     bigbench.register_bigbench(bigbench_fixtures.write_tasks_dir(str(root)), cap=20, prefix=PREFIX)
-    config = tiny_config(seqio.SentencePieceVocabulary(SEQIO_TEST_VOCAB, extra_ids=100).vocab_size)
     model_dir = str(root / "model")
-    params = init_params(config)
-    checkpoints.save_model(model_dir, config, params, step=3)
+    config, params = tiny_models.save_tiny_model(model_dir, step=3)
     index_dir = str(root / "index")
     indexing.build(f"{PREFIX}_upstream", index_dir, model_dir=model_dir, max_examples_per_task=20,
                    max_length=64, shard_size=64, backend="exact", progress=False)
