@@ -86,20 +86,27 @@ def test_mean_pool_ignores_padding():
     np.testing.assert_allclose(pooled[1], hidden[1, 0])
 
 
-@pytest.mark.parametrize("length,expected", [(1, 16), (16, 16), (17, 32), (100, 128), (600, 512)])
+@pytest.mark.parametrize("length,expected", [(1, 16), (16, 16), (17, 20), (100, 112), (600, 512)])
 def test_bucket_length(length, expected):
     assert embed.bucket_length(length, max_length=512) == expected
 
 
-def test_embed_sorted_restores_order():
+def test_embed_sorted_restores_order_and_drops_padding_rows():
     lengths = [5, 1, 3, 2, 4]
-    out = embed.embed_sorted(lengths, 2, lambda idx: np.asarray(lengths)[idx][:, None] * 1.0)
+
+    def embed_batch(indices):  # a full batch of 2 rows, the last one padding when short
+        return np.pad(np.asarray(lengths)[indices][:, None] * 1.0, ((0, 2 - len(indices)), (0, 0)),
+                      constant_values=-1)
+
+    out = embed.embed_sorted(lengths, 2, embed_batch)
     np.testing.assert_array_equal(out[:, 0], lengths)
+    assert embed.embed_sorted([], 2, embed_batch).shape == (0, 0)
 
 
 def test_t5_encoder_embedder_matches_direct_mean_pool():
     import flax.linen as nn
     import jax
+
     from recross_jax import partitioning
     from recross_jax.models import t5
 

@@ -12,7 +12,8 @@ import pytest
 from recross_jax import partitioning
 from recross_jax.errors import UserError
 from recross_jax.models.bert import BertConfig, BertModel, load_hf_bert
-from recross_jax.retrieval.sentence import SentenceEmbedder, pack, row_lengths, segment_mean
+from recross_jax.retrieval.embed import row_lengths
+from recross_jax.retrieval.sentence import SentenceEmbedder, pack, segment_mean
 
 WORDS = ("the a of and to is was cat dog sat on mat river bank money fish water tree house "
          "red blue green big small quick brown fox jumps over lazy day night sun moon").split()
@@ -64,11 +65,12 @@ def test_pack_covers_every_text_within_the_limits():
 
 
 def test_row_lengths_bound_the_padding():
-    assert row_lengths(256) == (64, 80, 96, 112, 128, 160, 192, 224, 256)
-    assert row_lengths(300)[-3:] == (224, 256, 300)
-    assert row_lengths(32) == (32,)
-    lengths = row_lengths(512)
-    for n in range(65, 513):
+    assert row_lengths(256, 64) == (64, 80, 96, 112, 128, 160, 192, 224, 256)
+    assert row_lengths(300, 64)[-3:] == (224, 256, 300)
+    assert row_lengths(32, 64) == (32,)
+    assert row_lengths(40, 16) == (16, 20, 24, 28, 32, 40)
+    lengths = row_lengths(512, 16)
+    for n in range(17, 513):
         assert next(r for r in lengths if r >= n) - n < n / 4
 
 

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import json
 import os
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -114,12 +114,22 @@ def mean_pool(hidden: "jax.Array", tokens: "jax.Array") -> "jax.Array":  # noqa:
     return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
 
 
-def bucket_length(length: int, max_length: int, min_bucket: int = 16) -> int:
-    """The padded length for a sequence: the next power of two, at least `min_bucket`, at most max."""
-    bucket = min_bucket
-    while bucket < length:
-        bucket *= 2
-    return min(bucket, max_length)
+def row_lengths(max_length: int, shortest: int) -> tuple[int, ...]:
+    """The padded lengths of jitted batches, from `shortest` (>= 8) to `max_length`: 64, 80, 96,
+    112, 128, 160, ... in steps of a quarter of the last power of two, so a sequence pads by less
+    than a quarter of its length while a few shapes (four per doubling) are compiled.
+    """
+    lengths, size = [], shortest
+    while size < max_length:
+        lengths.append(size)
+        size += 1 << (size.bit_length() - 3)
+    return tuple(lengths) + (max_length,)
+
+
+def bucket_length(length: int, max_length: int, shortest: int = 16) -> int:
+    """The padded length for a sequence: the shortest of `row_lengths` that holds it."""
+    lengths = row_lengths(max_length, shortest)
+    return lengths[min(int(np.searchsorted(lengths, length)), len(lengths) - 1)]
 
 
 def config_hash(obj: dict) -> str:
@@ -135,15 +145,31 @@ def batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[np.nd
 
 
 def embed_sorted(lengths: Sequence[int], batch_size: int,
-                 embed_batch: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Runs `embed_batch(indices)` over length-sorted batches and puts vectors back in order."""
-    out = None
-    for indices in batches_by_length(lengths, batch_size):
-        vectors = np.asarray(embed_batch(indices), dtype=np.float32)
-        if out is None:
+                 embed_batch: Callable[[np.ndarray], Any]) -> np.ndarray:
+    """Runs `embed_batch(indices)` over length-sorted batches and puts vectors back in order.
+
+    `embed_batch` returns vectors for at least `len(indices)` rows (extra padding rows are
+    dropped), possibly still being computed (a jax.Array): each batch is read back only after the
+    next one is dispatched, so the host prepares a batch while the device runs the previous one.
+    """
+    out = np.zeros((0, 0), np.float32)
+
+    def collect(indices: np.ndarray, vectors: Any) -> None:
+        nonlocal out
+        vectors = np.asarray(vectors, dtype=np.float32)[:len(indices)]
+        if not out.size:
             out = np.zeros((len(lengths), vectors.shape[1]), np.float32)
         out[indices] = vectors
-    return out if out is not None else np.zeros((0, 0), np.float32)
+
+    previous = None
+    for indices in batches_by_length(lengths, batch_size):
+        current = (indices, embed_batch(indices))
+        if previous is not None:
+            collect(*previous)
+        previous = current
+    if previous is not None:
+        collect(*previous)
+    return out
 
 
 def _start_or_resume(out_dir: str, description: dict) -> dict:
@@ -184,14 +210,15 @@ class T5EncoderEmbedder:
 
     Rows are tokenized from their `inputs` text (trimmed to `max_length - 1`, then EOS
     appended, as seqio's `append_eos_after_trim` does),
-    sorted by length and run in fixed-size batches padded to power-of-two lengths, so the
-    jitted encoder compiles once per length bucket. The batch is sharded over the mesh's
+    sorted by length and run in fixed-size batches padded to the `row_lengths` buckets, so the
+    jitted encoder compiles once per bucket. The batch is sharded over the mesh's
     `data` axis and the parameters by the model's logical axis rules.
     """
 
     def __init__(self, config, params, tokenize: Callable[[str], Sequence[int]], eos_id: int,
                  description: dict, max_length: int = 512, batch_size: int = 64, mesh=None):
         import jax  # pylint: disable=import-outside-toplevel
+
         from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
         from recross_jax.models import t5  # pylint: disable=import-outside-toplevel
         self.description = description
@@ -229,11 +256,11 @@ class T5EncoderEmbedder:
 
     def _embed_batch(self, token_lists: list[list[int]]) -> np.ndarray:
         import jax  # pylint: disable=import-outside-toplevel
+
         from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
         length = bucket_length(max(len(t) for t in token_lists), self.max_length)
         tokens = np.zeros((self.batch_size, length), np.int32)
         for i, ids in enumerate(token_lists):
             tokens[i, :len(ids)] = ids
-        with partitioning.activate(self.mesh):
-            vectors = self._encode(self.params, jax.device_put(tokens, self._batch_sharding))
-        return np.asarray(vectors)[:len(token_lists)]
+        with partitioning.activate(self.mesh):  # returns before the batch is computed
+            return self._encode(self.params, jax.device_put(tokens, self._batch_sharding))

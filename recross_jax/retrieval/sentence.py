@@ -27,6 +27,7 @@ import numpy as np
 
 from recross_jax.errors import UserError
 from recross_jax.models.bert import BertConfig, BertModel, load_hf_bert
+from recross_jax.retrieval.embed import row_lengths
 
 _WEIGHTS = "model.safetensors"
 _CONFIG = "config.json"
@@ -36,17 +37,6 @@ _PACKED_ROW = 64
 # Texts tokenized at once: bounds host memory on large pools while giving the packer
 # enough texts to fill rows.
 _CHUNK_TEXTS = 4096
-
-
-def row_lengths(max_length: int, shortest: int = _PACKED_ROW) -> tuple[int, ...]:
-    """64, 80, 96, 112, 128, 160, ..., 256, 320, ...: steps of a quarter of the last power of
-    two, so a longer text pads by less than a quarter of its length; ends at max_length.
-    """
-    lengths, size = [], shortest
-    while size < max_length:
-        lengths.append(size)
-        size += 1 << (size.bit_length() - 3)
-    return tuple(lengths) + (max_length,)
 
 
 def pack(lengths: Sequence[int], row_length: int, max_segments: int) -> list[list[int]]:
@@ -144,7 +134,7 @@ class SentenceEmbedder:
         self._tokenizer.enable_truncation(max_length)
         self._mesh = mesh
         self._data_size = 1 if mesh is None else mesh.shape["data"]
-        self._row_lengths = row_lengths(max_length)
+        self._row_lengths = row_lengths(max_length, _PACKED_ROW)
         # Texts per row at most: several in the packed rows, one in longer rows (their texts
         # are longer than half the row); a static bound for the pooling one-hot.
         self._max_segments = {length: max(1, length // 8) if length <= _PACKED_ROW else 1
