@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from typing import Callable, Sequence
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = group.add_parser(name, help=help_text, description=help_text)
         gin_utils.add_gin_flags(sub)
         sub.add_argument("--tasks_module", action="append", default=None,
-                         help=f"module registering tasks (repeatable; default: {', '.join(DEFAULT_TASK_MODULES)})")
+                         help="module registering tasks (repeatable; default: "
+                              f"{', '.join(DEFAULT_TASK_MODULES)})")
         sub.set_defaults(handler=handler)
         return sub
 
@@ -93,9 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# absl warnings that every run would print and that say nothing about it: seqio's advice to
+# cache a FunctionDataSource (ours are in memory), and Orbax announcing a read-only checkpoint
+# manager (how models are restored).
+QUIET_WARNINGS = ("Using an uncached FunctionDataset", "Given directory is read only",
+                  "CheckpointManagerOptions.read_only=True")
+
+
+def _quiet_absl_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(QUIET_WARNINGS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `recross ARGS`; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    absl_logger = logging.getLogger("absl")
+    if _quiet_absl_noise not in absl_logger.filters:
+        absl_logger.addFilter(_quiet_absl_noise)
     try:
         if argv and argv[0] in PASSTHROUGH:
             rest = argv[1:]
@@ -160,6 +176,7 @@ def _index_build(args: argparse.Namespace) -> None:
 
 def _retrieve(args: argparse.Namespace) -> None:
     import json  # pylint: disable=import-outside-toplevel
+
     from recross_jax.io_utils import write_text_atomic  # pylint: disable=import-outside-toplevel
     from recross_jax.retrieval import indexing  # pylint: disable=import-outside-toplevel
     queries = indexing.read_queries(args.queries)
