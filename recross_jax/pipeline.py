@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Sequence
 
@@ -107,7 +108,8 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
                                    f"--gin.INDEX_DIR='{path('index_model')}'"],
               path("index_model", "index", "manifest.json"))
     if "sbert" in cfg.methods:
-        run_stage(out, "index_sbert", [*index, "--gin.EMBEDDER='sbert'", f"--gin.INDEX_DIR='{path('index_sbert')}'",
+        run_stage(out, "index_sbert", [*index, "--gin.EMBEDDER='sbert'",
+                                       f"--gin.INDEX_DIR='{path('index_sbert')}'",
                                        f"--gin.indexing.build.max_length={cfg.sbert_max_length}"],
                   path("index_sbert", "index", "manifest.json"))
 
@@ -116,7 +118,8 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
         tuples = path("mining", "tuples.jsonl")
         run_stage(out, "mine", ["mine", "--gin_file=gin/mine.gin", f"--gin.MODEL_DIR='{model_dir}'",
                                 f"--gin.INDEX_DIR='{path('index_model')}'", f"--gin.OUT='{tuples}'",
-                                f"--gin.NUM_TUPLES={cfg.num_tuples}", *(f"--gin.mining.mine.{m}" for m in cfg.mining),
+                                f"--gin.NUM_TUPLES={cfg.num_tuples}",
+                                *(f"--gin.mining.mine.{m}" for m in cfg.mining),
                                 *data], tuples)
         reranker = path("reranker")
         run_stage(out, "reranker", ["reranker", "train", "--tuples", tuples, "--out", reranker,
@@ -140,3 +143,15 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
     with open(path("report", "table.md"), encoding="utf-8") as f:
         print("\n" + f.read())
     return summary
+
+
+def main(configs: Sequence[PipelineConfig], show_data: bool = True) -> int:
+    """Runs `configs` one after another, as a script's entry point: bad input or a failed
+    stage prints one line and returns exit code 2."""
+    try:
+        for cfg in configs:
+            run(cfg, show_data=show_data)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

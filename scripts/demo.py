@@ -10,6 +10,7 @@ CPU cores; RESULTS.md has the full protocol. Output: `$RECROSS_DEMO_DIR` (defaul
 from __future__ import annotations
 
 import os
+import sys
 
 from recross_jax import pipeline
 
@@ -21,4 +22,4 @@ DEMO = pipeline.PipelineConfig(
 )
 
 if __name__ == "__main__":
-    pipeline.run(DEMO)
+    sys.exit(pipeline.main([DEMO]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 
 from recross_jax import pipeline
 
@@ -37,13 +38,12 @@ def main() -> None:
     parser.add_argument("--num_query_sets", type=int, default=5)
     parser.add_argument("--max_eval_examples", type=int, default=100)
     args = parser.parse_args()
-    for name in args.splits:
-        cfg = dataclasses.replace(
-            SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
-            batch_size=args.batch_size, pool_cap=300, num_tuples=args.num_tuples,
-            num_query_sets=args.num_query_sets, num_queries=16, num_retrieved=64,
-            max_eval_examples=args.max_eval_examples, relearn_epochs=2)
-        pipeline.run(cfg, show_data=False)
+    configs = [dataclasses.replace(
+        SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
+        batch_size=args.batch_size, pool_cap=300, num_tuples=args.num_tuples,
+        num_query_sets=args.num_query_sets, num_queries=16, num_retrieved=64,
+        max_eval_examples=args.max_eval_examples, relearn_epochs=2) for name in args.splits]
+    sys.exit(pipeline.main(configs, show_data=False))
 
 
 if __name__ == "__main__":
