@@ -111,8 +111,9 @@ def finetune(config, params: Any, pairs: Sequence[TokenPair], cfg: FinetuneConfi
     state = jax.device_put(training.TrainState.create(jax.tree.map(np.array, params), optimizer,
                                                       seed=cfg.seed), shardings)
     shape = padded_shape(pairs, cfg.batch_size, mesh)
-    state, history = training.fit(state, step, epoch_batches(pairs, cfg.batch_size, cfg.epochs, cfg.seed, shape),
-                                  num_steps=steps, mesh=mesh, progress=progress, desc="re-learn")
+    batches = epoch_batches(pairs, cfg.batch_size, cfg.epochs, cfg.seed, shape)
+    state, history = training.fit(state, step, batches, num_steps=steps, mesh=mesh, progress=progress,
+                                  desc="re-learn")
     return state.params, history
 
 

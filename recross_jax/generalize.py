@@ -164,7 +164,8 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
         reranker_dir: str | None = None, num_query_sets: int = 5, num_queries: int = 16,
         num_retrieved: int = 512, upsample_ratio: float = 2.0, aggregation: str = "concat",
         exclude_tasks: Sequence[str] = (), query_split: str = "train", eval_split: str = "test",
-        max_eval_examples: int | None = None, finetune_config: finetune.FinetuneConfig = finetune.FinetuneConfig(),
+        max_eval_examples: int | None = None,
+        finetune_config: finetune.FinetuneConfig = finetune.FinetuneConfig(),
         max_input_length: int = 256, max_target_length: int = 64, eval_batch_size: int = 32,
         length_normalize: bool = False, decode: bool = True, num_partitions: int = 1, seed: int = 0,
         progress: bool = True, on_start=None) -> list[dict]:
@@ -176,7 +177,8 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     unknown = [m for m in methods if m not in METHODS + FEW_SHOT_METHODS]
     if unknown:
-        raise UserError(f"unknown method {unknown[0]!r} (choose from {', '.join(METHODS + FEW_SHOT_METHODS)})")
+        raise UserError(f"unknown method {unknown[0]!r} "
+                        f"(choose from {', '.join(METHODS + FEW_SHOT_METHODS)})")
     if not targets:
         raise UserError("no targets given")
     os.makedirs(out_dir, exist_ok=True)

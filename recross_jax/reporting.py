@@ -48,7 +48,8 @@ def summarize(runs: Sequence[dict], metric: str | None = None) -> dict:
 
     `metric=None` uses each target's primary metric. Query sets are matched by their index.
     """
-    scores: dict[str, dict[str, dict[int, float]]] = collections.defaultdict(lambda: collections.defaultdict(dict))
+    scores: dict[str, dict[str, dict[int, float]]] = collections.defaultdict(
+        lambda: collections.defaultdict(dict))
     for run in runs:
         name = metric or primary_metric(runs, run["target"])
         if name not in run["metrics"]:
@@ -74,7 +75,8 @@ def markdown_table(summary: dict, scale: float = 100.0) -> str:
             cells.append(f"{fmt(row['mean'])} ± {fmt(row['std'])}" if row else "–")
         lines.append(f"| {target} | " + " | ".join(cells) + " |")
     for stat in ("mean", "std", "min", "max", "median"):
-        lines.append(f"| **overall {stat}** | " + " | ".join(fmt(summary[m]["overall"][stat]) for m in methods) + " |")
+        cells = [fmt(summary[m]["overall"][stat]) for m in methods]
+        lines.append(f"| **overall {stat}** | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

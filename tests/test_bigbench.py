@@ -11,11 +11,11 @@ import re
 import shutil
 import sys
 
+import bigbench_fixtures as fx
 import gin
 import pytest
 import seqio
 
-import bigbench_fixtures as fx
 from recross_jax import assets
 from recross_jax.errors import UserError
 
@@ -39,7 +39,8 @@ def bb(tmp_path_factory):
 
 @pytest.fixture
 def fake(bb, tmp_path, monkeypatch):
-    """The fake tasks registered under `fakebench.*` with the default cap (larger than any fake task); yields the tasks dir."""
+    """The fake tasks registered under `fakebench.*` with the default cap (larger than any fake
+    task); yields the tasks dir."""
     monkeypatch.setenv("RECROSS_CACHE", str(tmp_path / "cache"))
     tasks_dir = fx.write_tasks_dir(str(tmp_path))
     names = bb.register_bigbench(tasks_dir, prefix=P)

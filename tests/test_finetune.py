@@ -69,7 +69,8 @@ def test_finetune_lowers_loss_and_leaves_input_params_alone():
         CONFIG, params, PAIRS).mean()
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, params))
     tuned_again, _ = finetune.finetune(CONFIG, params, PAIRS, cfg)
-    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, tuned), jax.tree.map(np.array, tuned_again))
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, tuned),
+                 jax.tree.map(np.array, tuned_again))
 
 
 def test_errors():

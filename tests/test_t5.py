@@ -3,12 +3,12 @@ import json
 import os
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import gin
 from recross_jax.errors import UserError
 from recross_jax.models import t5
 from recross_jax.models.t5 import T5Config, Transformer

@@ -5,8 +5,8 @@ import random
 
 import gin
 import pytest
-import seqio
 import sentencepiece as spm
+import seqio
 
 from recross_jax.errors import UserError
 from tasks import common, jsonl, p3, vocab  # noqa: F401  (p3 registers the P3 tasks used)
