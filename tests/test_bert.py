@@ -15,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 from recross_jax import partitioning
 from recross_jax.errors import UserError
+from recross_jax.models import bert
 from recross_jax.models.bert import BertConfig, BertModel, hf_weight_names, load_hf_bert
 
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -235,6 +236,36 @@ def test_packed_segments_equal_separate_rows():
                          segment_ids=segments).last_hidden_state[0]
     np.testing.assert_allclose(np.asarray(packed[:5]), np.asarray(alone_a), atol=1e-5)
     np.testing.assert_allclose(np.asarray(packed[5:12]), np.asarray(alone_b), atol=1e-5)
+
+
+def test_query_blocks_keep_each_block_within_the_budget():
+    assert bert.query_blocks(64, 12, 256) == 1  # 201 MB of logits: one pass
+    assert bert.query_blocks(64, 12, 512) == 4  # 805 MB: blocks of 128 queries
+    assert bert.query_blocks(64, 12, 384) == 2
+    assert bert.query_blocks(1, 1, 7) == 1
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_blocked_attention_equals_one_pass(monkeypatch, packed):
+    config = _tiny()
+    params = _random_params(config)
+    rng = np.random.default_rng(4)
+    ids, mask, types = _batch(rng, [12, 7, 3], 12)
+    extra = {}
+    if packed:  # rows of two segments: the bias has a row per query, split with the queries
+        extra = dict(segment_ids=np.where(np.arange(12) < 5, 1, 2)[None].repeat(3, 0) * mask,
+                     position_ids=np.array([list(range(5)) + list(range(7))] * 3))
+
+    def run():
+        model = BertModel(config)
+        return np.asarray(jax.jit(model.apply)({"params": params}, ids, mask, types,
+                                               **extra).last_hidden_state)
+
+    whole = run()
+    # 3 rows x 4 heads x 12 x 12 float32 logits = 6912 bytes: a budget of 2000 gives 4 blocks.
+    monkeypatch.setattr(bert, "ATTENTION_BLOCK_BYTES", 2000)
+    assert bert.query_blocks(3, 4, 12) == 4
+    np.testing.assert_allclose(run(), whole, rtol=0, atol=1e-6)
 
 
 def test_token_types_and_dropout_change_the_output():

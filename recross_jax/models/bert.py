@@ -51,6 +51,10 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 # Additive bias for padding keys; finite so a fully padded row stays NaN-free.
 _MASKED_BIAS = -1e10
+# Attention logits larger than this are computed a block of queries at a time at inference.
+# Measured on 2 CPU cores, batch 64 x 12 heads: one pass is fastest up to 256 tokens (201 MB of
+# logits); at 512 tokens (805 MB) blocks of 128 queries are 2.6x faster.
+ATTENTION_BLOCK_BYTES = 256 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +262,16 @@ class Embeddings(nn.Module):
         return _constrain(nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic))
 
 
+def query_blocks(batch: int, heads: int, length: int) -> int:
+    """How many blocks to split the queries of self-attention over `length` tokens into: the
+    fewest (a divisor of `length`) that keep one block's float32 logits [batch, heads, block,
+    length] within `ATTENTION_BLOCK_BYTES`."""
+    for blocks in range(1, length + 1):
+        if length % blocks == 0 and batch * heads * (length // blocks) * length * 4 <= ATTENTION_BLOCK_BYTES:
+            return blocks
+    return length
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with 1/sqrt(head_dim) scaling.
 
@@ -281,16 +295,40 @@ class SelfAttention(nn.Module):
         # Logits and softmax in float32: bf16 logits lose the small differences that matter.
         # Scaling the queries rather than the logits costs length/head_dim times less.
         query = query.astype(jnp.float32) * (1.0 / math.sqrt(cfg.head_dim))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key.astype(jnp.float32)) + bias
-        weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-        total = weights.sum(axis=-1, keepdims=True)
-        weights = nn.Dropout(cfg.attention_probs_dropout_prob)(weights.astype(dtype),
-                                                               deterministic=deterministic)
-        # The softmax is normalised after the product with the values, dividing [.., q, d]
-        # rather than [.., q, k], and with the values laid out [b, h, k, d]: on CPU this cuts
-        # the attention time of 256-token rows about fivefold.
-        out = jnp.einsum("bhqk,bhkd->bhqd", weights, value.astype(dtype).transpose(0, 2, 1, 3))
-        out = (out / total.astype(dtype)).transpose(0, 2, 1, 3)
+        key = key.astype(jnp.float32)
+        # Values laid out [b, h, k, d], and the softmax normalised after the product with them
+        # (dividing [.., q, d] rather than [.., q, k]): on CPU this cuts the attention time of
+        # 256-token rows about fivefold.
+        value = value.astype(dtype).transpose(0, 2, 1, 3)
+
+        def softmax_parts(q: Array, bias_rows: Array) -> tuple[Array, Array]:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, key) + bias_rows
+            weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+            return weights, weights.sum(axis=-1, keepdims=True)
+
+        batch, length = x.shape[:2]
+        blocks = 1 if not deterministic else query_blocks(batch, cfg.num_attention_heads, length)
+        if blocks == 1:
+            weights, total = softmax_parts(query, bias)
+            weights = nn.Dropout(cfg.attention_probs_dropout_prob)(weights.astype(dtype),
+                                                                   deterministic=deterministic)
+            out = jnp.einsum("bhqk,bhkd->bhqd", weights, value) / total.astype(dtype)
+        else:
+            # Long rows at inference: the queries in blocks, one after another, so each block's
+            # logits stay small enough to be cache-friendly (same numbers, about 2.6x faster
+            # at 512 tokens on CPU).
+            size = length // blocks
+            q_blocks = query.reshape(batch, blocks, size, *query.shape[2:]).swapaxes(0, 1)
+            bias_blocks = (bias.reshape(batch, 1, blocks, size, length).transpose(2, 0, 1, 3, 4)
+                           if bias.shape[2] > 1 else jnp.broadcast_to(bias, (blocks, *bias.shape)))
+
+            def attend_block(args: tuple[Array, Array]) -> Array:
+                weights, total = softmax_parts(*args)
+                return jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), value) / total.astype(dtype)
+
+            out = jax.lax.map(attend_block, (q_blocks, bias_blocks))  # [blocks, b, h, size, d]
+            out = out.transpose(1, 2, 0, 3, 4).reshape(batch, cfg.num_attention_heads, length, -1)
+        out = out.transpose(0, 2, 1, 3)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         out = out.reshape(*x.shape[:-1], cfg.hidden_size)
         return Dense(cfg.hidden_size, ("joined_kv", "embed"), dtype, name="out")(out)
