@@ -95,6 +95,7 @@ class Pipeline:
         self.decode = decode
         self._retrievers: dict[str, Any] = {}
         self._reranker = None
+        self.vocabulary: Any = None  # the current target's, set by `run` with its examples
 
     def retriever(self, kind: str):
         """The opened index of `kind` ('model' or 'sbert')."""
@@ -155,8 +156,6 @@ class Pipeline:
             batch_size=self.eval_batch_size, length_normalize=self.length_normalize,
             decode=self.decode, progress=False)
         return results
-
-    vocabulary: Any = None
 
 
 def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir: str, *,

@@ -122,7 +122,8 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
                                 *(f"--gin.mining.mine.{m}" for m in cfg.mining),
                                 *data], tuples)
         reranker = path("reranker")
-        run_stage(out, "reranker", ["reranker", "train", "--tuples", tuples, "--out", reranker,
+        run_stage(out, "reranker", ["reranker", "train", "--gin_file=gin/reranker.gin",
+                                    "--tuples", tuples, "--out", reranker,
                                     *(f"--gin.cross_encoder.train_reranker.{r}" for r in cfg.reranker)],
                   reranker)
 

@@ -3,10 +3,12 @@ transformers' BertForSequenceClassification, training on a learnable tuple set, 
 save/load and bad input."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,8 @@ from recross_jax import assets, partitioning
 from recross_jax.errors import UserError
 from recross_jax.models.bert import BertConfig, BertModel, hf_weight_names
 from recross_jax.rerank import cross_encoder as ce
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 KEYWORDS = ["red", "green", "blue", "gold", "pink", "gray"]
 FILLERS = ["the", "a", "of", "cat", "dog", "tree", "house", "car", "road", "lamp", "cup", "sky",
@@ -444,6 +448,19 @@ def test_a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(
 
 
 # --- command line ------------------------------------------------------------------------------
+
+
+def test_repo_gin_file_states_the_spec_defaults():
+    gin.clear_config()
+    try:
+        gin.parse_config_files_and_bindings([os.path.join(REPO, "gin", "reranker.gin")], [])
+        spec = {"max_length": 512, "epochs": 5, "batch_size": 64, "learning_rate": 1e-5,
+                "warmup_steps": 100, "dev_fraction": 0.15}
+        for name, value in spec.items():
+            assert gin.query_parameter(f"cross_encoder.train_reranker.{name}") == value
+            assert inspect.signature(ce.train_reranker).parameters[name].default == value
+    finally:
+        gin.clear_config()
 
 
 def test_cli_trains_with_gin_bindings_and_reports_errors(tmp_path, bert_dir, capsys):
