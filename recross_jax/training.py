@@ -258,6 +258,11 @@ def make_schedule(name: str = "constant", base_learning_rate: float = 1e-3,
     return schedule
 
 
+def decay_mask(params: Any) -> Any:
+    """True for the parameters weight decay applies to: those with two or more dimensions."""
+    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
 @functools.lru_cache(maxsize=64)
 def make_optimizer(name: str = "adafactor",
                    learning_rate: float | optax.Schedule = 1e-3,
@@ -278,7 +283,8 @@ def make_optimizer(name: str = "adafactor",
       learning_rate: a constant or a schedule of the update count.
       clip_grad_norm: clip the gradients' global norm to this value first (None: no clip).
       weight_decay: decoupled weight decay (AdamW's `weight_decay`, Adafactor's
-        `weight_decay_rate`).
+        `weight_decay_rate`), applied to matrices (kernels, embeddings) only: not to layer-norm
+        scales or biases, as in HF's and sentence-transformers' training loops.
       b1, b2, eps: AdamW moments and epsilon.
       decay_rate, clipping_threshold, multiply_by_parameter_scale: Adafactor's second-moment
         decay exponent, update clipping and relative step size (T5X: 0.8, 1.0, True).
@@ -290,12 +296,13 @@ def make_optimizer(name: str = "adafactor",
 
     def build(learning_rate: Any) -> optax.GradientTransformation:
         if name == "adamw":
-            base = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+            base = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                               mask=decay_mask)
         else:
             base = optax.adafactor(
                 learning_rate, decay_rate=decay_rate, clipping_threshold=clipping_threshold,
                 multiply_by_parameter_scale=multiply_by_parameter_scale,
-                weight_decay_rate=weight_decay or None)
+                weight_decay_rate=weight_decay or None, weight_decay_mask=decay_mask)
         if clip_grad_norm is None:
             return base
         return optax.chain(optax.clip_by_global_norm(clip_grad_norm), base)

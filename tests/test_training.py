@@ -143,7 +143,7 @@ def test_adamw_with_clipping_matches_optax():
     grads = {"w": jnp.full((2, 3), 2.0), "b": jnp.array([1.0, -3.0, 0.5])}
     ours = training.make_optimizer("adamw", 1e-2, clip_grad_norm=0.5, weight_decay=0.1)
     reference = optax.chain(optax.clip_by_global_norm(0.5),
-                            optax.adamw(1e-2, weight_decay=0.1))
+                            optax.adamw(1e-2, weight_decay=0.1, mask={"w": True, "b": False}))
     ours_state, ref_state = ours.init(params), reference.init(params)
     for _ in range(3):
         ours_updates, ours_state = ours.update(grads, ours_state, params)
@@ -151,6 +151,18 @@ def test_adamw_with_clipping_matches_optax():
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours_updates,
                      ref_updates)
     assert float(ours_state.hyperparams["learning_rate"]) == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_weight_decay_shrinks_matrices_but_not_vectors(name):
+    params = {"kernel": jnp.full((2, 3), 2.0), "scale": jnp.full((3,), 2.0)}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    with_decay = training.make_optimizer(name, 0.1, weight_decay=0.5)
+    without = training.make_optimizer(name, 0.1)
+    decayed, _ = with_decay.update(zeros, with_decay.init(params), params)
+    plain, _ = without.update(zeros, without.init(params), params)
+    assert float(jnp.abs(decayed["kernel"] - plain["kernel"]).max()) > 1e-3
+    np.testing.assert_array_equal(decayed["scale"], plain["scale"])
 
 
 def test_optimizer_errors():
