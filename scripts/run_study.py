@@ -7,6 +7,7 @@ study can be stopped and started again. Sizes are what one 2-core CPU allows in 
 pass --train_steps etc. to go further.
 
     python scripts/run_study.py --out runs/study [--splits bigbench taskweb] [--train_steps 600]
+    python scripts/run_study.py --splits taskweb --targets all   # every target of the split
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import dataclasses
 import os
 import sys
 
-from recross_jax import pipeline
+import seqio
+
+from recross_jax import cli, pipeline
 
 SPLITS = {
     "bigbench": pipeline.PipelineConfig(
@@ -28,6 +31,20 @@ SPLITS = {
 }
 
 
+TARGET_MIXTURES = {"bigbench": "bigbench_targets", "taskweb": "p3mini_targets"}
+
+
+def split_targets(split: str, targets: list[str] | None) -> tuple[str, ...]:
+    """The targets to run for `split`: the given ones, every target of the split ('all'), or the
+    split's default three."""
+    if not targets:
+        return SPLITS[split].targets
+    if targets != ["all"]:
+        return tuple(targets)
+    cli.import_task_modules([SPLITS[split].tasks_module])
+    return tuple(task.name for task in seqio.get_mixture_or_task(TARGET_MIXTURES[split]).tasks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join("runs", "study"))
@@ -37,9 +54,12 @@ def main() -> None:
     parser.add_argument("--num_tuples", type=int, default=24)
     parser.add_argument("--num_query_sets", type=int, default=5)
     parser.add_argument("--max_eval_examples", type=int, default=100)
+    parser.add_argument("--targets", nargs="+", help="target tasks, or 'all' for every target "
+                        "of the split's target mixture (default: the split's 3 in RESULTS.md)")
     args = parser.parse_args()
     configs = [dataclasses.replace(
         SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
+        targets=split_targets(name, args.targets),
         batch_size=args.batch_size, pool_cap=300, num_tuples=args.num_tuples,
         num_query_sets=args.num_query_sets, num_queries=16, num_retrieved=64,
         max_eval_examples=args.max_eval_examples, relearn_epochs=2) for name in args.splits]
