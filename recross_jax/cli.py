@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = commands.add_parser("index", help="retrieval indexes over upstream mixtures")
     index_commands = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
-    add(index_commands, "build", "embed a mixture (upstream model or SBERT) and index it (gin/index.gin)",
-        _index_build)
+    add(index_commands, "build",
+        "embed a mixture (upstream model or SBERT) and index it (gin/runs/index.gin)", _index_build)
 
     sub = add(commands, "retrieve", "retrieve upstream examples for query examples", _retrieve)
     sub.add_argument("--index", required=True, help="directory written by `recross index build`")

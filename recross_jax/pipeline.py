@@ -102,7 +102,7 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
         f"--gin_bindings=import {cfg.tasks_module}", *data[2:]],
         path("upstream", f"checkpoint_{cfg.train_steps}"))
 
-    index = ["index", "build", "--gin_file=gin/index.gin", f"--gin.MIXTURE='{cfg.upstream}'",
+    index = ["index", "build", "--gin_file=gin/runs/index.gin", f"--gin.MIXTURE='{cfg.upstream}'",
              f"--gin.indexing.build.max_examples_per_task={cfg.pool_cap}", *data]
     run_stage(out, "index_model", [*index, f"--gin.MODEL_DIR='{model_dir}'",
                                    f"--gin.INDEX_DIR='{path('index_model')}'"],
@@ -116,13 +116,13 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
     reranker = None
     if "recross" in cfg.methods and cfg.upsample_ratio > 1:
         tuples = path("mining", "tuples.jsonl")
-        run_stage(out, "mine", ["mine", "--gin_file=gin/mine.gin", f"--gin.MODEL_DIR='{model_dir}'",
+        run_stage(out, "mine", ["mine", "--gin_file=gin/runs/mine.gin", f"--gin.MODEL_DIR='{model_dir}'",
                                 f"--gin.INDEX_DIR='{path('index_model')}'", f"--gin.OUT='{tuples}'",
                                 f"--gin.NUM_TUPLES={cfg.num_tuples}",
                                 *(f"--gin.mining.mine.{m}" for m in cfg.mining),
                                 *data], tuples)
         reranker = path("reranker")
-        run_stage(out, "reranker", ["reranker", "train", "--gin_file=gin/reranker.gin",
+        run_stage(out, "reranker", ["reranker", "train", "--gin_file=gin/runs/rerank.gin",
                                     "--tuples", tuples, "--out", reranker,
                                     *(f"--gin.cross_encoder.train_reranker.{r}" for r in cfg.reranker)],
                   reranker)

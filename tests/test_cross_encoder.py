@@ -453,7 +453,7 @@ def test_a_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(
 def test_repo_gin_file_states_the_spec_defaults():
     gin.clear_config()
     try:
-        gin.parse_config_files_and_bindings([os.path.join(REPO, "gin", "reranker.gin")], [])
+        gin.parse_config_files_and_bindings([os.path.join(REPO, "gin", "runs", "rerank.gin")], [])
         spec = {"max_length": 512, "epochs": 5, "batch_size": 64, "learning_rate": 1e-5,
                 "warmup_steps": 100, "dev_fraction": 0.15}
         for name, value in spec.items():

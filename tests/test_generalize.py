@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        assert cli.main(["index", "build", "--gin_file=gin/index.gin", "--tasks_module", "tasks.common",
+        assert cli.main(["index", "build", "--gin_file=gin/runs/index.gin", "--tasks_module", "tasks.common",
                          f"--gin.MIXTURE='{PREFIX}_upstream'", f"--gin.MODEL_DIR='{model_dir}'",
                          f"--gin.INDEX_DIR='{root / 'index'}'", "--gin.indexing.build.backend='exact'",
                          "--gin.indexing.build.max_examples_per_task=20"]) == 0

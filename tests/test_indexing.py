@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
 
 
 def build_args(root, model_dir, name, *extra):
-    return ["index", "build", "--gin_file=gin/index.gin", "--tasks_module", "tasks.common",
+    return ["index", "build", "--gin_file=gin/runs/index.gin", "--tasks_module", "tasks.common",
             f"--gin.MIXTURE='{PREFIX}_upstream'", f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.INDEX_DIR='{root / name}'", "--gin.indexing.build.shard_size=16",
             "--gin.indexing.build.max_examples_per_task=20", *extra]

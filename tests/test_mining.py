@@ -203,7 +203,7 @@ def test_cli_writes_tuples_and_config(setup, mined, capsys, monkeypatch):
     root, model_dir, index_dir, _, _ = setup
     monkeypatch.chdir(REPO)
     out = root / "cli" / "tuples.jsonl"
-    flags = ["--gin_file=gin/mine.gin", f"--gin.MODEL_DIR='{model_dir}'",
+    flags = ["--gin_file=gin/runs/mine.gin", f"--gin.MODEL_DIR='{model_dir}'",
              f"--gin.INDEX_DIR='{index_dir}'", f"--gin.OUT='{out}'", "--gin.NUM_TUPLES=1",
              "--gin.group/finetune.FinetuneConfig.learning_rate=1e-2",
              "--gin.group/finetune.FinetuneConfig.warmup_steps=0",
@@ -216,7 +216,7 @@ def test_cli_writes_tuples_and_config(setup, mined, capsys, monkeypatch):
         assert "1 tuples" in capsys.readouterr().out
         assert [json.loads(line) for line in out.read_text().splitlines()] == mined[0][:1]
         assert "mining.mine.num_candidates = 12" in (root / "cli" / "config.gin").read_text()
-        assert mining.main(["--gin_file=gin/mine.gin", f"--gin.MODEL_DIR='{model_dir}'"]) == 2
+        assert mining.main(["--gin_file=gin/runs/mine.gin", f"--gin.MODEL_DIR='{model_dir}'"]) == 2
         err = capsys.readouterr().err
         assert "missing required gin binding" in err and len(err.strip().splitlines()) == 1
     finally:

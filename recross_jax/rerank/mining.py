@@ -369,7 +369,7 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
          on_start: Callable[[str], object] | None = None) -> list[dict]:
     """Mines `num_tuples` tuples into the JSONL file `out`, resuming the tuples already there.
 
-    gin binds it in `gin/mine.gin` (`recross mine`). Arguments are SPEC §1.4's (defaults in
+    gin binds it in `gin/runs/mine.gin` (`recross mine`). Arguments are SPEC §1.4's (defaults in
     brackets there): |Zq| `num_queries`, |Hq| `num_heldout`, |RZ| `num_candidates`, the rounds
     and groups, the group fine-tune `finetune_config` (its `seed` is replaced per group). With
     `reranker_dir` (a further iteration), `upsample_ratio * num_candidates` examples are
@@ -461,12 +461,12 @@ def _config_dict(cfg: finetune.FinetuneConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`recross mine --gin_file=gin/mine.gin --gin.MODEL_DIR=... --gin.INDEX_DIR=...
+    """`recross mine --gin_file=gin/runs/mine.gin --gin.MODEL_DIR=... --gin.INDEX_DIR=...
     --gin.OUT=... --gin.NUM_TUPLES=...`; returns the exit code (2 on a user error)."""
     parser = argparse.ArgumentParser(
         prog="recross mine", description="Mine (query, positive, negative) tuples for the reranker "
         "(ReCross Algorithm 1); re-running the command resumes the output file.",
-        epilog="example: recross mine --gin_file=gin/mine.gin --gin.MODEL_DIR=\\\"runs/upstream\\\" "
+        epilog="example: recross mine --gin_file=gin/runs/mine.gin --gin.MODEL_DIR=\\\"runs/upstream\\\" "
                "--gin.INDEX_DIR=\\\"runs/index_model\\\" --gin.OUT=\\\"runs/mining/tuples.jsonl\\\"")
     parser.add_argument("--tasks_module", action="append", default=None,
                         help="module registering tasks (repeatable; default: those the gin file imports)")

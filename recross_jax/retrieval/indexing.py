@@ -65,7 +65,7 @@ def build(mixture: str, out_dir: str, embedder: str = "model",
           on_start: Callable[[str], object] | None = None) -> index_lib.Index:
     """Embeds the mixture's pool into `out_dir/pool` (resumable) and indexes it in `out_dir/index`.
 
-    gin binds it in `gin/index.gin` (`recross index build`); `on_start(out_dir)` runs once the
+    gin binds it in `gin/runs/index.gin` (`recross index build`); `on_start(out_dir)` runs once the
     directory exists (the CLI writes the resolved config.gin there).
     """
     os.makedirs(out_dir, exist_ok=True)
