@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 import zlib
 
 import numpy as np
+from bench_workers import run_pinned
 
 # gin/models sizes of the T5 sides: (emb_dim, mlp_dim, num_heads, head_dim, layers, vocab_size).
 T5_SIZES = {"t5-mini": (256, 512, 4, 64, 4, 8192), "t5-small": (512, 1024, 6, 64, 8, 32128)}
@@ -211,12 +211,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--worker", side, "--out", out] + [
                 f"--{k}={v}" for k, v in vars(args).items()
                 if k not in ("worker", "out") and v is not None]
-            env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="true")
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
-                                  preexec_fn=lambda: os.sched_setaffinity(0, cores))
-            if proc.returncode != 0:
-                sys.exit(f"{side} worker failed:\n{proc.stderr[-3000:]}")
-            results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[side] = run_pinned(side, command, cores)
             results[side]["vectors"] = np.load(out)
     n = results["jax"]["n"]
     for side, name in (("torch", "PyTorch (transformers)"), ("jax", "ours (Flax, jit)")):

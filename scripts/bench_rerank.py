@@ -24,13 +24,13 @@ import argparse
 import glob
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Callable
 
 import numpy as np
+from bench_workers import run_pinned
 
 
 def bigbench_texts(query_task: str, num_queries: int, num_candidates: int, seed: int
@@ -192,12 +192,7 @@ def main() -> None:
                        "--pairs", pairs_file] + [
                 f"--{k}={v}" for k, v in vars(args).items()
                 if k in ("batch_size", "max_length", "repeats", "seed")]
-            env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="true")
-            proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
-                                  preexec_fn=lambda: os.sched_setaffinity(0, cores))
-            if proc.returncode != 0:
-                sys.exit(f"{side} worker failed:\n{proc.stderr[-3000:]}")
-            results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[side] = run_pinned(side, command, cores)
             results[side]["scores"] = np.load(out)
     pairs = results["ours"]["pairs"]
     for side, name in sides:
