@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import zlib
 from typing import Any, Sequence
 
 import jax
@@ -59,6 +60,13 @@ def target_rows(task: str, split: str) -> list[dict]:
                          "targets": example["targets_pretokenized"],
                          "answer_choices": example["answer_choices"]})
     return rows
+
+
+def run_seed(seed: int, target: str, query_set: int) -> int:
+    """The seed of one (target, query set) run, so that e.g. the random baseline draws a different
+    sample for every target and query set, and the same one on every re-run."""
+    state = np.random.SeedSequence([seed, zlib.crc32(target.encode("utf-8")), query_set])
+    return int(state.generate_state(1)[0])
 
 
 def draw_query_sets(candidates: Sequence[dict], test_inputs: set[str], num_sets: int,
@@ -213,8 +221,10 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                     record.update(metrics=base_metrics, retrieved_ids=[], retrieved_tasks=[])
                     record["time"]["evaluate"] = time.perf_counter() - start
                 else:
+                    record["run_seed"] = run_seed(seed, target, query_set.index)
                     record.update(_run_method(pipeline, method, query_set, examples, num_retrieved,
-                                              upsample_ratio, aggregation, exclude_tasks, seed))
+                                              upsample_ratio, aggregation, exclude_tasks,
+                                              record["run_seed"]))
                 record["config"] = {"num_queries": num_queries, "num_retrieved": num_retrieved,
                                     "upsample_ratio": upsample_ratio, "aggregation": aggregation,
                                     "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
@@ -230,12 +240,11 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
 def _run_method(pipeline: Pipeline, method: str, query_set: QuerySet,
                 examples: Sequence[evaluate.EvalExample], num_retrieved: int, upsample_ratio: float,
                 aggregation: str, exclude_tasks: Sequence[str], seed: int) -> dict:
-    run_seed = seed * 1000 + query_set.index
     times: dict[str, float] = {}
     retrieved: list[dict] = []
     if method != "fs":
         retrieved, times = pipeline.retrieve(method, query_set, num_retrieved, upsample_ratio,
-                                             aggregation, exclude_tasks, run_seed)
+                                             aggregation, exclude_tasks, seed)
     labeled = list(query_set.rows)
     stages = {"fs": [labeled], "fs_recross_mix": [labeled + retrieved],
               "fs_recross_2stage": [retrieved, labeled]}.get(method, [retrieved])

@@ -99,6 +99,17 @@ def test_random_is_seeded_and_relearning_changes_the_model(setup, monkeypatch):
         (root / out / "runs" / f"{PREFIX}.target_mc" / "random" / "query_set_0.json").read_text())
     assert read("r1")["retrieved_ids"] == read("r2")["retrieved_ids"]
     assert read("r1")["metrics"] == read("r2")["metrics"]
+    other_target = json.loads(
+        (root / "r1" / "runs" / f"{PREFIX}.target_gen" / "random" / "query_set_0.json").read_text())
+    assert other_target["run_seed"] != read("r1")["run_seed"]
+    assert other_target["retrieved_ids"] != read("r1")["retrieved_ids"]  # not one sample for all targets
+
+
+def test_run_seed_differs_per_target_and_query_set_and_is_stable():
+    seeds = {generalize.run_seed(0, t, q) for t in ("a.x", "a.y") for q in range(3)}
+    assert len(seeds) == 6
+    assert generalize.run_seed(0, "a.x", 1) == generalize.run_seed(0, "a.x", 1)
+    assert generalize.run_seed(0, "a.x", 1) != generalize.run_seed(1, "a.x", 1)
 
 
 def test_query_sets_are_disjoint_seeded_and_avoid_test_inputs():
