@@ -82,10 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(commands, "generalize", "ReCross and baselines on unseen targets (gin/generalize.gin)",
         _generalize)
     sub = commands.add_parser("report", help="result tables and the retrieval heatmap of a generalize run")
+    sub.set_defaults(handler=_report)
     sub.add_argument("--results", required=True, help="a generalize OUT_DIR (or any dir of run JSONs)")
     sub.add_argument("--out", required=True, help="where table.md, table.csv, summary.json and the PNG go")
     sub.add_argument("--metric", default=None, help="metric to tabulate (default: accuracy, else soft_em)")
-    sub.set_defaults(handler=_report)
+    sub.add_argument("--transfer_scores", help="measured source -> target transfer (TaskWeb's "
+                     "transfer_scores.json): also write transfer_alignment.md")
+    sub.add_argument("--transfer_metric", default="pc_mean", help="pc_mean, pm_mean or a setup name")
+    sub.add_argument("--task_prefix", default="", help="prefix of the registered task names (p3mini.)")
+    sub.add_argument("--upstream", help="upstream mixture: compare only with its tasks as sources")
+    sub.add_argument("--tasks_module", action="append", default=None,
+                     help="module registering the upstream mixture (repeatable)")
 
     assets = commands.add_parser("assets", help="registry-packaged assets (BIG-bench data, MiniLM)")
     assets_commands = assets.add_subparsers(dest="assets_command", required=True, metavar="ACTION")
@@ -194,8 +201,17 @@ def _generalize(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from recross_jax import reporting  # pylint: disable=import-outside-toplevel
-    reporting.write_report(args.results, args.out, args.metric)
+    from recross_jax import corpus, reporting  # pylint: disable=import-outside-toplevel
+    from recross_jax.selection import transfer  # pylint: disable=import-outside-toplevel
+    scores = None
+    if args.transfer_scores:
+        sources = None
+        if args.upstream:
+            import_task_modules(args.tasks_module)
+            sources = {task.name for task in corpus.tasks_of(args.upstream)}
+        scores = transfer.load_transfer_scores(args.transfer_scores, args.transfer_metric,
+                                               args.task_prefix, sources)
+    reporting.write_report(args.results, args.out, args.metric, scores)
     with open(os.path.join(args.out, "table.md"), encoding="utf-8") as f:
         print(f.read())
 

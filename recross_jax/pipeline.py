@@ -51,6 +51,8 @@ class PipelineConfig:
     max_eval_examples: int = 64
     relearn_learning_rate: float = 1e-4
     relearn_epochs: int = 2
+    transfer_scores: str | None = None  # measured transfer (TaskWeb): adds transfer_alignment.md
+    task_prefix: str = ""               # of the registered task names, to match transfer_scores
 
 
 def run_stage(out_dir: str, name: str, argv: Sequence[str], done_marker: str) -> float | None:
@@ -77,7 +79,8 @@ def run_stage(out_dir: str, name: str, argv: Sequence[str], done_marker: str) ->
 
 
 def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
-    """Runs every stage of `cfg`; returns the report summary (see `reporting.write_report`)."""
+    """Runs every stage of `cfg`; returns the report summary (`summary.json`, see
+    `reporting.write_report`)."""
     out = cfg.out_dir
     path = lambda *parts: os.path.join(out, *parts)  # noqa: E731
     os.makedirs(out, exist_ok=True)
@@ -139,11 +142,20 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
         f"--gin.generalize.run.max_eval_examples={cfg.max_eval_examples}",
         f"--gin.finetune.FinetuneConfig.learning_rate={cfg.relearn_learning_rate}",
         f"--gin.finetune.FinetuneConfig.epochs={cfg.relearn_epochs}"], path("generalize", STAGE_RECORD))
-    from recross_jax import reporting  # pylint: disable=import-outside-toplevel
-    summary = reporting.write_report(results, path("report"))
-    with open(path("report", "table.md"), encoding="utf-8") as f:
-        print("\n" + f.read())
-    return summary
+    return report(cfg, results, path("report"))
+
+
+def report(cfg: PipelineConfig, results_dir: str, out_dir: str) -> dict:
+    """`recross report` over the generalize results (with the transfer alignment when `cfg` has
+    measured transfer scores, against the upstream tasks); returns its summary."""
+    transfer = (["--transfer_scores", cfg.transfer_scores, "--task_prefix", cfg.task_prefix,
+                 "--upstream", cfg.upstream, "--tasks_module", cfg.tasks_module]
+                if cfg.transfer_scores else [])
+    print("\n=== report ===", flush=True)
+    if cli.main(["report", "--results", results_dir, "--out", out_dir, *transfer]):
+        raise UserError("stage report failed")
+    with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
+        return json.load(f)
 
 
 def main(configs: Sequence[PipelineConfig], show_data: bool = True) -> int:

@@ -12,7 +12,7 @@ import glob
 import io
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -103,6 +103,83 @@ def retrieval_distribution(runs: Iterable[dict]) -> dict[str, dict[str, collecti
     return dist
 
 
+def retrieved_tasks_markdown(runs: Iterable[dict], top: int = 3) -> str:
+    """Targets as rows, retrieval methods as columns: each method's `top` most retrieved upstream
+    tasks with their share of R over all query sets (e.g. "snli 36%, quartz 25%")."""
+    dist = retrieval_distribution(runs)
+    methods = sorted(dist, key=_method_rank)
+    targets = sorted(set().union(*(d.keys() for d in dist.values())))
+    lines = ["| target | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for target in targets:
+        cells = []
+        for method in methods:
+            counts = dist[method].get(target, collections.Counter())
+            total = sum(counts.values())
+            cells.append(", ".join(f"{task} {100 * n / total:.0f}%" for task, n in counts.most_common(top))
+                         or "–")
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def transfer_alignment(runs: Iterable[dict], scores: Mapping[str, Mapping[str, float]],
+                       top_sources: int = 3) -> dict[str, dict[str, dict[str, float]]]:
+    """How well each method's retrieved examples agree with measured task transfer.
+
+    `scores[target][source]` is a measured transfer score (e.g. TaskWeb's source → target gain)
+    for the upstream tasks a target could draw from. For every method and target with scores:
+    `expected`: the mean score of the source task of a retrieved example (over the examples
+    whose source has a score); `top_share`: the share of R from the target's `top_sources`
+    best-scoring sources; `coverage`: the share of R whose source has a score. Under the pseudo
+    method "sources" are the references: `expected` = the plain mean over scored sources (a
+    retriever blind to the target), `best` = the best source's score.
+    """
+    dist = retrieval_distribution(runs)
+    out: dict[str, dict[str, dict[str, float]]] = collections.defaultdict(dict)
+    for method in sorted(dist, key=_method_rank):
+        for target, counts in sorted(dist[method].items()):
+            if not scores.get(target):
+                continue
+            by_source = scores[target]
+            best = sorted(by_source, key=by_source.get, reverse=True)[:top_sources]
+            total = sum(counts.values())
+            scored = sum(n for task, n in counts.items() if task in by_source)
+            out[method][target] = {
+                "expected": (sum(by_source[t] * n for t, n in counts.items() if t in by_source) / scored
+                             if scored else float("nan")),
+                "top_share": sum(counts[t] for t in best) / total,
+                "coverage": scored / total}
+            out["sources"][target] = {"expected": float(np.mean(list(by_source.values()))),
+                                      "best": max(by_source.values())}
+    return dict(out)
+
+
+def alignment_markdown(alignment: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Targets as rows; per retrieval method "expected score (top-source share)", then the mean
+    and best over sources; with several targets a last row averages each column over them."""
+    methods = [m for m in alignment if m != "sources"]
+    sources = alignment.get("sources", {})
+    targets = sorted(sources)
+
+    def mean(method: str, key: str) -> float:
+        return float(np.mean([v[key] for v in alignment[method].values()]))
+
+    def method_cell(expected: float, top_share: float) -> str:
+        return f"{expected:+.3f} ({100 * top_share:.0f}%)"
+
+    lines = ["| target | " + " | ".join(methods) + " | mean over sources | best source |",
+             "|---" * (len(methods) + 3) + "|"]
+    for target in targets:
+        cells = [method_cell(alignment[m][target]["expected"], alignment[m][target]["top_share"])
+                 if target in alignment[m] else "–" for m in methods]
+        cells += [f"{sources[target]['expected']:+.3f}", f"{sources[target]['best']:+.3f}"]
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    if len(targets) > 1:
+        cells = [method_cell(mean(m, "expected"), mean(m, "top_share")) for m in methods]
+        cells += [f"{mean('sources', 'expected'):+.3f}", f"{mean('sources', 'best'):+.3f}"]
+        lines.append("| **mean** | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_heatmap(runs: Sequence[dict], path: str, top_tasks: int = 25) -> None:
     """PNG: per method a panel (stacked) of targets × upstream tasks, cells = share of retrieved examples.
 
@@ -148,15 +225,22 @@ def plot_heatmap(runs: Sequence[dict], path: str, top_tasks: int = 25) -> None:
     plt.close(fig)
 
 
-def write_report(results_dir: str, out_dir: str, metric: str | None = None) -> dict:
-    """Writes `table.md`, `table.csv`, `summary.json` and `retrieval_heatmap.png` into out_dir."""
+def write_report(results_dir: str, out_dir: str, metric: str | None = None,
+                 transfer_scores: Mapping[str, Mapping[str, float]] | None = None) -> dict:
+    """Writes `table.md`, `table.csv` and `summary.json` into out_dir; where runs retrieved
+    anything also `retrieved_tasks.md` and `retrieval_heatmap.png`, and with `transfer_scores`
+    (see `transfer_alignment`) `transfer_alignment.md`."""
     runs = load_runs(results_dir)
     summary = summarize(runs, metric)
     write_text_atomic(os.path.join(out_dir, "table.md"), markdown_table(summary))
     write_text_atomic(os.path.join(out_dir, "table.csv"), csv_table(summary))
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     if retrieval_distribution(runs):
+        write_text_atomic(os.path.join(out_dir, "retrieved_tasks.md"), retrieved_tasks_markdown(runs))
         plot_heatmap(runs, os.path.join(out_dir, "retrieval_heatmap.png"))
+        alignment = transfer_alignment(runs, transfer_scores or {})
+        if alignment:
+            write_text_atomic(os.path.join(out_dir, "transfer_alignment.md"), alignment_markdown(alignment))
     return summary
 
 

@@ -19,6 +19,7 @@ import sys
 import seqio
 
 from recross_jax import cli, pipeline
+from recross_jax.errors import UserError
 
 SPLITS = {
     "bigbench": pipeline.PipelineConfig(
@@ -27,7 +28,7 @@ SPLITS = {
         gin_bindings=("tasks.bigbench.upstream_cap.cap=300",)),
     "taskweb": pipeline.PipelineConfig(
         out_dir="taskweb", upstream="p3mini_upstream", tasks_module="tasks.jsonl",
-        targets=("p3mini.cb", "p3mini.copa", "p3mini.wic")),
+        targets=("p3mini.cb", "p3mini.copa", "p3mini.wic"), task_prefix="p3mini."),
 }
 
 
@@ -45,6 +46,15 @@ def split_targets(split: str, targets: list[str] | None) -> tuple[str, ...]:
     return tuple(task.name for task in seqio.get_mixture_or_task(TARGET_MIXTURES[split]).tasks)
 
 
+def transfer_scores_file(split: str) -> str | None:
+    """TaskWeb's measured transfer matrix beside its tasks, for the TaskWeb split's report."""
+    if split != "taskweb":
+        return None
+    from tasks import jsonl  # pylint: disable=import-outside-toplevel
+    path = os.path.join(os.path.dirname(jsonl.taskweb_dir()), "transfer_scores.json")
+    return path if os.path.isfile(path) else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join("runs", "study"))
@@ -57,12 +67,16 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", help="target tasks, or 'all' for every target "
                         "of the split's target mixture (default: the split's 3 in RESULTS.md)")
     args = parser.parse_args()
-    configs = [dataclasses.replace(
-        SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
-        targets=split_targets(name, args.targets),
-        batch_size=args.batch_size, pool_cap=300, num_tuples=args.num_tuples,
-        num_query_sets=args.num_query_sets, num_queries=16, num_retrieved=64,
-        max_eval_examples=args.max_eval_examples, relearn_epochs=2) for name in args.splits]
+    try:
+        configs = [dataclasses.replace(
+            SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
+            targets=split_targets(name, args.targets), transfer_scores=transfer_scores_file(name),
+            batch_size=args.batch_size, pool_cap=300, num_tuples=args.num_tuples,
+            num_query_sets=args.num_query_sets, num_queries=16, num_retrieved=64,
+            max_eval_examples=args.max_eval_examples, relearn_epochs=2) for name in args.splits]
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(pipeline.main(configs, show_data=False))
 
 

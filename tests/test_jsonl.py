@@ -5,12 +5,12 @@ import os
 import gin
 import pytest
 import seqio
+import shared_data
 
 from recross_jax.errors import UserError
 from tasks import jsonl
 
-TASKWEB_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir,
-                                            "shared", "data", "taskweb", "tasks"))
+TASKWEB_DIR = shared_data.TASKWEB_TASKS
 needs_taskweb = pytest.mark.skipif(not os.path.isdir(TASKWEB_DIR),
                                    reason="TaskWeb data not present")
 

@@ -6,12 +6,12 @@ import sys
 import gin
 import pytest
 import seqio
+import shared_data
 
 from recross_jax.errors import UserError
 from tasks import p3
 
-TASKWEB_CB = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data",
-                          "taskweb", "tasks", "cb.jsonl")
+TASKWEB_CB = os.path.join(shared_data.TASKWEB_TASKS, "cb.jsonl")
 
 CB_ROW = {
     "premise": "A: Have you followed that very much or, B: Uh, not really. I don't think "

@@ -3,10 +3,12 @@ arguments are unchanged, runs again when either changes; failures are one-line e
 import json
 import os
 
+import bigbench_fixtures
 import pytest
 
-from recross_jax import cli, pipeline
+from recross_jax import cli, corpus, pipeline
 from recross_jax.errors import UserError
+from tasks import bigbench
 
 
 @pytest.fixture
@@ -56,3 +58,27 @@ def test_main_turns_a_user_error_into_one_line_and_exit_code_2(monkeypatch, tmp_
     cfg = pipeline.PipelineConfig(out_dir=str(tmp_path), upstream="nothing", targets=("t",))
     assert pipeline.main([cfg]) == 2
     assert capsys.readouterr().err == "error: no data for nothing\n"
+
+
+def test_report_aligns_retrieval_with_measured_transfer_over_upstream_tasks(tmp_path, capsys):
+    bigbench.register_bigbench(bigbench_fixtures.write_tasks_dir(str(tmp_path)), cap=20, prefix="bbrep")
+    first, second = [task.name for task in corpus.tasks_of("bbrep_upstream")][:2]
+    results = tmp_path / "generalize"
+    results.mkdir()
+    for q, method in enumerate(("base", "recross")):
+        run = {"target": "bbrep.tgt", "method": method, "query_set": 0, "metrics": {"accuracy": 0.5 + q / 10},
+               "retrieved_tasks": [first] * 3 + [second] if method == "recross" else []}
+        (results / f"{method}.json").write_text(json.dumps(run))
+    # "elsewhere" is not an upstream task: it must not count as the best source.
+    scores = [{"target": "tgt", "source": s, "pc_mean": v}
+              for s, v in ((first.split(".", 1)[1], 0.4), (second.split(".", 1)[1], 0.0), ("elsewhere", 9.0))]
+    transfer = tmp_path / "transfer.json"
+    transfer.write_text(json.dumps(scores))
+    cfg = pipeline.PipelineConfig(out_dir=str(tmp_path), upstream="bbrep_upstream", targets=("bbrep.tgt",),
+                                  tasks_module="tasks.common", transfer_scores=str(transfer),
+                                  task_prefix="bbrep.")
+    summary = pipeline.report(cfg, str(results), str(tmp_path / "report"))
+    assert summary["recross"]["overall"]["mean"] == pytest.approx(0.6)
+    assert "| bbrep.tgt | 50.00 ± 0.00 | 60.00 ± 0.00 |" in capsys.readouterr().out
+    alignment = (tmp_path / "report" / "transfer_alignment.md").read_text()
+    assert "| bbrep.tgt | +0.300 (100%) | +0.200 | +0.400 |" in alignment  # (3 * 0.4 + 0) / 4

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from recross_jax import reporting
+from recross_jax import cli, reporting
 from recross_jax.errors import UserError
 
 # Two targets, two methods, three query sets; hand-computed below.
@@ -51,6 +51,13 @@ def test_markdown_and_csv(tmp_path):
     assert json.loads((tmp_path / "report" / "summary.json").read_text()) == json.loads(json.dumps(summary))
     png = (tmp_path / "report" / "retrieval_heatmap.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 2000
+    retrieved = (tmp_path / "report" / "retrieved_tasks.md").read_text()
+    assert retrieved.splitlines()[0] == "| target | recross |"
+    assert "| cb | up.a 67%, up.b 33% |" in retrieved
+    assert not (tmp_path / "report" / "transfer_alignment.md").exists()  # no scores given
+    reporting.write_report(str(tmp_path), str(tmp_path / "report"), transfer_scores=TRANSFER)
+    alignment = (tmp_path / "report" / "transfer_alignment.md").read_text()
+    assert "| cb | +0.100 (100%) | +0.200 | +0.500 |" in alignment
 
 
 def test_retrieval_distribution_counts_over_query_sets(tmp_path):
@@ -58,6 +65,30 @@ def test_retrieval_distribution_counts_over_query_sets(tmp_path):
     dist = reporting.retrieval_distribution(reporting.load_runs(str(tmp_path)))
     assert "base" not in dist
     assert dist["recross"]["cb"] == {"up.a": 1 + 2 + 3, "up.b": 3}
+
+
+# Measured source -> target transfer: for cb, sources up.c and up.a are the two best.
+TRANSFER = {"cb": {"up.a": 0.2, "up.b": -0.1, "up.c": 0.5}, "wic": {"up.a": 0.3}}
+
+
+def test_transfer_alignment_matches_hand_computation(tmp_path):
+    write_runs(tmp_path)
+    runs = reporting.load_runs(str(tmp_path))
+    alignment = reporting.transfer_alignment(runs, TRANSFER, top_sources=2)
+    assert set(alignment) == {"recross", "sources"}  # base retrieved nothing
+    # recross on cb retrieved up.a 6 times and up.b 3 times over its query sets.
+    cb = alignment["recross"]["cb"]
+    assert cb["expected"] == pytest.approx((0.2 * 6 - 0.1 * 3) / 9)
+    assert cb["top_share"] == pytest.approx(6 / 9) and cb["coverage"] == pytest.approx(1.0)
+    # wic has a score only for up.a: the mean is over scored examples, coverage says how many.
+    wic = alignment["recross"]["wic"]
+    assert wic["expected"] == pytest.approx(0.3) and wic["coverage"] == pytest.approx(6 / 9)
+    assert alignment["sources"]["cb"] == pytest.approx({"expected": 0.2, "best": 0.5})
+    table = reporting.alignment_markdown(alignment)
+    assert table.splitlines()[0] == "| target | recross | mean over sources | best source |"
+    assert "| wic | +0.300 (67%) | +0.300 | +0.300 |" in table
+    assert "| **mean** | +0.200 (67%) | +0.250 | +0.400 |" in table
+    assert reporting.transfer_alignment(runs, {"other": {"up.a": 1.0}}) == {}  # no target scored
 
 
 def test_primary_metric_falls_back_to_soft_em(tmp_path):
@@ -71,3 +102,20 @@ def test_errors(tmp_path):
     runs = [{"target": "cb", "method": "base", "query_set": 0, "metrics": {"accuracy": 0.5}}]
     with pytest.raises(UserError, match="has no metric 'em'"):
         reporting.summarize(runs, metric="em")
+
+
+def test_cli_report_with_transfer_scores(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    write_runs(tmp_path / "runs")
+    scores = [{"target": t, "source": s, "pc_mean": v} for t, by in TRANSFER.items() for s, v in by.items()]
+    (tmp_path / "transfer.json").write_text(json.dumps(scores))
+    args = ["report", "--results", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--transfer_scores", str(tmp_path / "transfer.json")]
+    assert cli.main(args) == 0
+    assert "| cb | 50.00 ± 0.00 | 70.00 ± 8.16 |" in capsys.readouterr().out
+    assert "| wic | +0.300 (67%) |" in (tmp_path / "out" / "transfer_alignment.md").read_text()
+    assert cli.main(args[:-1] + [str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "transfer score file not found: " + str(tmp_path / "missing.json") in err
+    assert cli.main(args + ["--upstream", "no_such_mixture", "--tasks_module", "tasks.common"]) == 2
+    assert "no_such_mixture" in capsys.readouterr().err

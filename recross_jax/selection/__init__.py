@@ -1,0 +1,1 @@
+"""Source-task selection: measured task transfer (TaskWeb) and, later, TaskShop and mixtures."""
