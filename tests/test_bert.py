@@ -10,13 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_bert
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
 from recross_jax import partitioning
 from recross_jax.errors import UserError
 from recross_jax.models import bert
-from recross_jax.models.bert import BertConfig, BertModel, hf_weight_names, load_hf_bert
+from recross_jax.models.bert import BertConfig, BertModel, load_hf_bert
 
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=48, max_position_embeddings=40, type_vocab_size=2)
@@ -45,18 +46,6 @@ def _random_params(config: BertConfig, with_pooler: bool = False, seed: int = 0)
     ids = jnp.ones((1, 4), jnp.int32)
     variables = jax.jit(BertModel(config, with_pooler).init)(jax.random.PRNGKey(seed), ids)
     return jax.tree_util.tree_map(np.asarray, nn.unbox(variables["params"]))
-
-
-def _to_hf(params: dict, config: BertConfig, with_pooler: bool = False,
-           prefix: str = "") -> dict[str, np.ndarray]:
-    """Our parameters under HF names (the inverse of load_hf_bert)."""
-    out = {}
-    for hf_name, path in hf_weight_names(config, with_pooler).items():
-        value = params
-        for key in path:
-            value = value[key]
-        out[prefix + hf_name] = np.ascontiguousarray(value.T if path[-1] == "kernel" else value)
-    return out
 
 
 def _batch(rng: np.random.Generator, lengths: list[int], width: int) -> tuple[np.ndarray, ...]:
@@ -124,7 +113,7 @@ def test_hf_round_trip_restores_every_parameter(tmp_path):
     config = _tiny()
     params = _random_params(config, with_pooler=True)
     path = str(tmp_path / "model.safetensors")
-    save_file(_to_hf(params, config, with_pooler=True), path)
+    save_file(tiny_bert.to_hf(params, config, with_pooler=True), path)
     loaded = load_hf_bert(path, config, with_pooler=True)
     assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(params)
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
@@ -134,7 +123,7 @@ def test_hf_round_trip_restores_every_parameter(tmp_path):
 
 def test_import_errors_name_the_weight(tmp_path):
     config = _tiny()
-    weights = _to_hf(_random_params(config), config)
+    weights = tiny_bert.to_hf(_random_params(config), config)
     path = str(tmp_path / "model.safetensors")
 
     missing = dict(weights)

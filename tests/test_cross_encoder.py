@@ -10,77 +10,28 @@ import os
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+import tiny_bert
 
 from recross_jax import assets, partitioning
 from recross_jax.errors import UserError
-from recross_jax.models.bert import BertConfig, BertModel, hf_weight_names
+from recross_jax.models.bert import BertConfig
 from recross_jax.rerank import cross_encoder as ce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-KEYWORDS = ["red", "green", "blue", "gold", "pink", "gray"]
-FILLERS = ["the", "a", "of", "cat", "dog", "tree", "house", "car", "road", "lamp", "cup", "sky",
-           "sea", "hill", "door", "book", "pen", "bird", "fish", "rock"]
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=160, type_vocab_size=2, hidden_act="gelu",
-            layer_norm_eps=1e-12, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-            pad_token_id=0, model_type="bert")
 
-
-# --- fixtures: a tiny HF-format BERT directory --------------------------------------------------
-
-
-def _write_tokenizer(path: str, words: list[str]) -> None:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    tok.save(path)
-
-
-def _to_hf(params: dict, config: BertConfig, with_pooler: bool) -> dict[str, np.ndarray]:
-    out = {}
-    for hf_name, path in hf_weight_names(config, with_pooler).items():
-        value = params
-        for key in path:
-            value = value[key]
-        value = np.asarray(value)
-        out[hf_name] = np.ascontiguousarray(value.T if path[-1] == "kernel" else value)
-    return out
-
-
-def make_bert_dir(directory: str, with_pooler: bool = True, seed: int = 0) -> str:
-    """A random tiny BERT in HF layout: config.json, model.safetensors, tokenizer.json."""
-    os.makedirs(directory, exist_ok=True)
-    words = KEYWORDS + FILLERS
-    hf_config = {**TINY, "vocab_size": len(SPECIALS) + len(words)}
-    config = BertConfig.from_hf_dict(hf_config)
-    variables = jax.jit(BertModel(config, with_pooler).init)(jax.random.PRNGKey(seed),
-                                                            jnp.ones((1, 4), jnp.int32))
-    params = nn.unbox(variables["params"])
-    save_file(_to_hf(params, config, with_pooler), os.path.join(directory, "model.safetensors"))
-    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f)
-    _write_tokenizer(os.path.join(directory, "tokenizer.json"), words)
-    return directory
+# --- fixtures: a tiny HF-format BERT directory and learnable tuples -----------------------------
 
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory) -> str:
-    return make_bert_dir(str(tmp_path_factory.mktemp("tiny_bert")))
+    return tiny_bert.make_bert_dir(str(tmp_path_factory.mktemp("tiny_bert")))
 
 
 def _sentence(rng: np.random.Generator, keyword: str, length: int = 5) -> str:
-    words = list(rng.choice(FILLERS, length - 1))
+    words = list(rng.choice(tiny_bert.FILLERS, length - 1))
     words.insert(int(rng.integers(length)), keyword)
     return " ".join(words)
 
@@ -94,11 +45,11 @@ def make_tuples(path: str, count: int, seed: int = 0, per_side: int = 3) -> str:
     rng = np.random.default_rng(seed)
     with open(path, "w", encoding="utf-8") as f:
         for t in range(count):
-            keyword = KEYWORDS[t % len(KEYWORDS)]
+            keyword = tiny_bert.KEYWORDS[t % len(tiny_bert.KEYWORDS)]
             record = {"task": f"task{t % 4}",
                       "queries": [_sentence(rng, keyword) for _ in range(per_side)],
                       "positives": [_sentence(rng, keyword) for _ in range(per_side)],
-                      "negatives": [_sentence(rng, str(rng.choice(FILLERS)))
+                      "negatives": [_sentence(rng, str(rng.choice(tiny_bert.FILLERS)))
                                     for _ in range(per_side)]}
             f.write(json.dumps(record) + "\n")
     return path
@@ -187,7 +138,7 @@ def _one_at_a_time(reranker: ce.Reranker, firsts: list[str], seconds: list[str]
 
 def test_batched_bucketed_scoring_equals_one_pair_at_a_time(bert_dir):
     rng = np.random.default_rng(1)
-    words = KEYWORDS + FILLERS
+    words = tiny_bert.KEYWORDS + tiny_bert.FILLERS
     queries = [" ".join(rng.choice(words, n)) for n in (2, 70)]
     candidates = [" ".join(rng.choice(words, n)) for n in (140, 1, 30)]
     reranker = ce.Reranker.from_init_dir(bert_dir, max_length=150, batch_size=4)
@@ -290,7 +241,7 @@ def test_init_takes_backbone_and_pooler_from_checkpoint_and_a_seeded_head(tmp_pa
     np.testing.assert_array_equal(again["classifier"]["kernel"], params["classifier"]["kernel"])
     assert not np.allclose(other["classifier"]["kernel"], params["classifier"]["kernel"])
     # Without a pooler in the checkpoint, the pooler is the seeded random one.
-    no_pooler = make_bert_dir(str(tmp_path / "no_pooler"), with_pooler=False)
+    no_pooler = tiny_bert.make_bert_dir(str(tmp_path / "no_pooler"), with_pooler=False)
     params = ce.init_params(no_pooler, config, seed=0)
     np.testing.assert_array_equal(params["bert"]["pooler"]["kernel"],
                                   ce.head_params(config, seed=0)["pooler"]["kernel"])

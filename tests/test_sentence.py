@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
+import tiny_bert
 
 from recross_jax import partitioning
 from recross_jax.errors import UserError
@@ -88,17 +89,6 @@ def test_segment_mean_matches_numpy():
 # --- a tiny sentence-transformers directory -----------------------------------------------------
 
 
-def _write_tokenizer(path: str) -> None:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)}
-    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer.save(path)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> str:
     """A BERT sentence-transformers directory with random weights written by transformers."""
@@ -110,7 +100,7 @@ def tiny_dir(tmp_path_factory) -> str:
                                      num_attention_heads=4, intermediate_size=48,
                                      max_position_embeddings=320)
     transformers.BertModel(config).save_pretrained(directory)
-    _write_tokenizer(os.path.join(directory, "tokenizer.json"))
+    tiny_bert.write_tokenizer(os.path.join(directory, "tokenizer.json"), WORDS)
     os.makedirs(os.path.join(directory, "1_Pooling"))
     with open(os.path.join(directory, "1_Pooling", "config.json"), "w", encoding="utf-8") as f:
         json.dump({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True,
