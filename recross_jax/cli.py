@@ -18,6 +18,8 @@ from recross_jax.errors import UserError
 # commands run; `--tasks_module` replaces this list.
 DEFAULT_TASK_MODULES = ("tasks.bigbench", "tasks.p3", "tasks.jsonl")
 
+CPU_DEVICES_ENV = "RECROSS_CPU_DEVICES"
+
 # Subcommands that own their flags: everything after the name goes to `module.main(argv)`.
 PASSTHROUGH = {
     "train": "recross_jax.train",
@@ -120,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _quiet_absl_noise not in absl_logger.filters:
         absl_logger.addFilter(_quiet_absl_noise)
     try:
+        _use_cpu_devices(os.environ.get(CPU_DEVICES_ENV))
         if argv and argv[0] in PASSTHROUGH:
             rest = argv[1:]
             if argv[0] == "reranker":  # `recross reranker train ...`: the only reranker action
@@ -136,6 +139,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"recross: error: {e}", file=sys.stderr)
         return 2
+
+
+def _use_cpu_devices(value: str | None) -> None:
+    """`$RECROSS_CPU_DEVICES`: split the host CPU into that many JAX devices (one per core runs
+    each sharded batch's shards concurrently; see `partitioning.use_cpu_devices`)."""
+    if not value:
+        return
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{CPU_DEVICES_ENV} must be a positive integer, got {value!r}")
+    from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
+    partitioning.use_cpu_devices(int(value))
 
 
 def import_task_modules(modules: Sequence[str] | None) -> None:

@@ -119,7 +119,9 @@ class Pipeline:
             from recross_jax.rerank import cross_encoder  # pylint: disable=import-outside-toplevel
             if not self.reranker_dir:
                 raise UserError("method 'recross' needs a trained reranker directory (reranker_dir)")
-            self._reranker = cross_encoder.load_reranker(self.reranker_dir)
+            # Scoring |Q| x µ|R| pairs splits each batch over every device (re-learning uses
+            # `self.mesh`, sized for its small batches).
+            self._reranker = cross_encoder.load_reranker(self.reranker_dir, mesh=partitioning.create_mesh())
         return self._reranker
 
     def retrieve(self, method: str, queries: QuerySet, num_retrieved: int, upsample_ratio: float,

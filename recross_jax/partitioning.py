@@ -59,6 +59,23 @@ def logical_axis_rules(extra_rules: LogicalRules | None = None,
     return tuple(tuple(rule) for rule in (extra_rules or ())) + tuple(base)
 
 
+def use_cpu_devices(count: int) -> None:
+    """Splits the host CPU into `count` JAX devices (call before JAX first touches a device).
+
+    With one device per core, a mesh over them shards each batch along `data` and the shards
+    run concurrently, where a single CPU device leaves cores idle in every op it does not split
+    (it parallelises big matmuls but little else). Accelerator backends are not affected.
+    """
+    if count < 1:
+        raise UserError(f"the number of CPU devices must be positive, got {count}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as e:  # the CPU backend already exists with its device count
+        if len(jax.devices("cpu")) != count:
+            raise UserError(f"cannot use {count} CPU devices: JAX already started with "
+                            f"{len(jax.devices('cpu'))} ({e})") from None
+
+
 def create_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A `('data', 'model')` mesh with `num_partitions` devices along `model`.
 

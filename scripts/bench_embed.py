@@ -92,10 +92,12 @@ def run_jax(texts: list[str], args: argparse.Namespace
             ) -> tuple[np.ndarray, tuple[float, float], float]:
     """(vectors, best (wall, CPU) seconds per pass, warm-up seconds) of our embedder."""
     # pylint: disable=import-outside-toplevel
+    from recross_jax import partitioning
+    partitioning.use_cpu_devices(args.devices)  # batches are sharded over them
     if args.model == "minilm":
         from recross_jax.retrieval.sentence import SentenceEmbedder
-        embedder = SentenceEmbedder.from_minilm(max_length=args.max_length,
-                                                batch_size=args.batch_size, progress=False)
+        embedder = SentenceEmbedder.from_minilm(max_length=args.max_length, batch_size=args.batch_size,
+                                                progress=False, mesh=partitioning.create_mesh())
         encode = embedder.encode
     else:
         from recross_jax import importers
@@ -192,6 +194,8 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--cores", type=int, default=2, help="CPU cores (and torch threads)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--devices", type=int, default=1,
+                        help="JAX CPU devices of our side (e.g. one per core; batches sharded over them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

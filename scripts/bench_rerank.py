@@ -93,9 +93,11 @@ def _measure(fn: Callable[[], np.ndarray], repeats: int) -> dict:
 
 
 def run_ours(queries: list[str], candidates: list[str], args: argparse.Namespace) -> dict:
+    from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
     from recross_jax.rerank.cross_encoder import Reranker  # pylint: disable=import-outside-toplevel
+    partitioning.use_cpu_devices(args.devices)  # batches are sharded over them
     reranker = Reranker.from_init_dir(None, max_length=args.max_length, seed=args.seed,
-                                      batch_size=args.batch_size)
+                                      batch_size=args.batch_size, mesh=partitioning.create_mesh())
     return _measure(lambda: reranker.score_pairs(queries, candidates), args.repeats)
 
 
@@ -163,6 +165,8 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=512, help="tokens per pair")
     parser.add_argument("--cores", type=int, default=2, help="CPU cores (and torch threads)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--devices", type=int, default=1,
+                        help="JAX CPU devices of our side (e.g. one per core; batches sharded over them)")
     parser.add_argument("--seed", type=int, default=0, help="texts and head weights")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--skip_given", action="store_true",
@@ -191,7 +195,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--worker", side, "--out", out,
                        "--pairs", pairs_file] + [
                 f"--{k}={v}" for k, v in vars(args).items()
-                if k in ("batch_size", "max_length", "repeats", "seed")]
+                if k in ("batch_size", "max_length", "repeats", "seed", "devices")]
             results[side] = run_pinned(side, command, cores)
             results[side]["scores"] = np.load(out)
     pairs = results["ours"]["pairs"]
@@ -203,7 +207,7 @@ def main() -> None:
     ours = results["ours"]
     summary = {"pairs": pairs, "query_task": None if args.texts else args.query_task,
                "texts": args.texts, "batch_size": args.batch_size, "max_length": args.max_length,
-               "cores": cores, "date": time.strftime("%Y-%m-%d"),
+               "cores": cores, "devices": args.devices, "date": time.strftime("%Y-%m-%d"),
                "max_abs_logit_diff": float(np.abs(ours["scores"]
                                                   - results["torch_sorted"]["scores"]).max())}
     for side, _ in sides[:-1]:
@@ -213,7 +217,7 @@ def main() -> None:
         print(f"speed ratio ours / {side}: {summary[f'ratio_vs_{side}']['wall']:.2f}x wall, "
               f"{summary[f'ratio_vs_{side}']['cpu']:.2f}x CPU time")
     print(f"{pairs} pairs, batch_size={args.batch_size}, max_length={args.max_length}, "
-          f"cores={cores}; max |logit difference| ours vs PyTorch "
+          f"cores={cores}, our devices={args.devices}; max |logit difference| ours vs PyTorch "
           f"{summary['max_abs_logit_diff']:.2e}")
     if args.json:
         summary["sides"] = {side: {k: v for k, v in results[side].items() if k != "scores"}

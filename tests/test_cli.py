@@ -104,3 +104,28 @@ def test_console_script_exit_code_and_usage_errors():
         "recross: error: unknown task or mixture: 'x.y' (see `recross data list [--mixtures]`)")
     result = subprocess.run([recross, "nonsense"], capture_output=True, text=True, check=False)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_cpu_devices_from_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv(cli.CPU_DEVICES_ENV, "two")
+    code, _, err = run(capsys, "data", "list")
+    assert code == 2 and err == "recross: error: RECROSS_CPU_DEVICES must be a positive integer, got 'two'\n"
+    # In a fresh process (this one's JAX already has its devices): the host CPU becomes 2 devices,
+    # and asking for another count once JAX has started is a clear error.
+    script = textwrap.dedent('''
+        import jax
+        from recross_jax import cli
+        from recross_jax.errors import UserError
+        cli._use_cpu_devices("2")
+        print(jax.device_count(), jax.numpy.ones(4).sum())
+        cli._use_cpu_devices("2")  # the same count again is fine
+        try:
+            cli._use_cpu_devices("3")
+        except UserError as e:
+            print(e)
+    ''')
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    lines = result.stdout.splitlines()
+    assert lines[0] == "2 4.0"
+    assert lines[1].startswith("cannot use 3 CPU devices: JAX already started with 2")

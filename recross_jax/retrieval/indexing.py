@@ -36,15 +36,17 @@ def pool_rows(mixture: str, split: str = "train", max_examples_per_task: int | N
 def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_length: int = 512,
                   batch_size: int = 64, num_partitions: int = 1) -> embed.Embedder:
     """The pool/query embedder of `kind`; `model` needs the upstream `model_dir`."""
-    if kind == "sbert":
+    from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
+    if kind == "sbert":  # batches split over every device's 'data' shard, parameters replicated
         from recross_jax.retrieval import sentence  # pylint: disable=import-outside-toplevel
-        return _TextEmbedder(sentence.SentenceEmbedder.from_minilm(batch_size=batch_size),
+        return _TextEmbedder(sentence.SentenceEmbedder.from_minilm(batch_size=batch_size,
+                                                                   mesh=partitioning.create_mesh()),
                              {"kind": "sbert", "model": "all-MiniLM-L6-v2"})
     if kind != "model":
         raise UserError(f"unknown embedder {kind!r} (choose from {', '.join(EMBEDDERS)})")
     if not model_dir:
         raise UserError("embedder 'model' needs the upstream model directory (model_dir)")
-    from recross_jax import checkpoints, partitioning  # pylint: disable=import-outside-toplevel
+    from recross_jax import checkpoints  # pylint: disable=import-outside-toplevel
     config, params = checkpoints.restore_model(model_dir)
     manager = checkpoints.CheckpointManager(model_dir, read_only=True)
     step = manager.latest_step()
