@@ -1,7 +1,8 @@
 """The per-target pipeline of ReCross and its baselines (SPEC §1.5-1.7).
 
 For each target task and query set: draw |Q| unlabeled query inputs (seeded, disjoint from the
-test examples and from the other query sets), retrieve |R| upstream examples with the method,
+test examples and from the other query sets), retrieve |R| upstream examples with the method
+(never the target's own, should the pool hold them),
 re-learn a fresh copy of the upstream model on them, evaluate it on the target's test split, and
 write one JSON per (target, method, query set):
 
@@ -224,8 +225,10 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                     record["time"]["evaluate"] = time.perf_counter() - start
                 else:
                     record["run_seed"] = run_seed(seed, target, query_set.index)
+                    # The target is unseen by definition: its own examples are never retrieved,
+                    # even from a pool that holds them.
                     record.update(_run_method(pipeline, method, query_set, examples, num_retrieved,
-                                              upsample_ratio, aggregation, exclude_tasks,
+                                              upsample_ratio, aggregation, (*exclude_tasks, target),
                                               record["run_seed"]))
                 record["config"] = {"num_queries": num_queries, "num_retrieved": num_retrieved,
                                     "upsample_ratio": upsample_ratio, "aggregation": aggregation,

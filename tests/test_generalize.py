@@ -4,10 +4,12 @@ import os
 
 import bigbench_fixtures
 import pytest
+import tiny_bert
 import tiny_models
 
-from recross_jax import cli, generalize
+from recross_jax import assets, cli, generalize
 from recross_jax.errors import UserError
+from recross_jax.rerank import cross_encoder
 from tasks import bigbench
 
 PREFIX = "bbgen"
@@ -75,6 +77,7 @@ def test_every_method_writes_valid_json_and_resumes(setup, capsys, monkeypatch):
                 expected = 0 if method == "base" else 6
                 assert len(record["retrieved_ids"]) == len(record["retrieved_tasks"]) == expected
                 assert all(t.startswith(PREFIX + ".") for t in record["retrieved_tasks"])
+                assert target not in record["retrieved_tasks"]  # the pool holds it, but it is unseen
                 if method != "base":
                     assert record["time"]["relearn"] > 0 and record["time"]["evaluate"] > 0
                 query_ids.append(tuple(record["query_ids"]))
@@ -88,6 +91,37 @@ def test_every_method_writes_valid_json_and_resumes(setup, capsys, monkeypatch):
     # Re-running skips every finished run (nothing is re-learned).
     monkeypatch.setattr(generalize.Pipeline, "relearn", lambda *a: pytest.fail("re-learned a finished run"))
     assert cli.main(generalize_args(root, model_dir, "out", methods)) == 0
+
+
+def test_sbert_and_recross_with_a_trained_reranker(setup, tmp_path, monkeypatch):
+    """The two methods that need more than the model index: the MiniLM index and a reranker."""
+    if not assets.is_complete("minilm"):
+        pytest.skip("all-MiniLM-L6-v2 is not in the asset cache (`recross assets fetch minilm`)")
+    root, model_dir = setup
+    monkeypatch.chdir(REPO)
+    assert cli.main(["index", "build", "--gin_file=gin/runs/index.gin", "--tasks_module", "tasks.common",
+                     f"--gin.MIXTURE='{PREFIX}_upstream'", "--gin.EMBEDDER='sbert'",
+                     f"--gin.INDEX_DIR='{tmp_path / 'sbert'}'", "--gin.indexing.build.backend='exact'",
+                     "--gin.indexing.build.max_examples_per_task=20",
+                     "--gin.indexing.build.max_length=32"]) == 0
+    tuples = tmp_path / "tuples.jsonl"
+    tuples.write_text("".join(json.dumps({"task": f"t{i}", "queries": [f"red cat {i}"],
+                                          "positives": ["red dog"], "negatives": ["the sky"]}) + "\n"
+                              for i in range(6)))
+    cross_encoder.train_reranker(str(tuples), str(tmp_path / "reranker"),
+                                 init_dir=tiny_bert.make_bert_dir(str(tmp_path / "bert")), max_length=32,
+                                 epochs=1, batch_size=4, warmup_steps=1, progress=False)
+    assert cli.main(generalize_args(root, model_dir, "more", ["sbert", "recross"], "--gin.NUM_QUERY_SETS=1",
+                                    f"--gin.SBERT_INDEX_DIR='{tmp_path / 'sbert'}'",
+                                    f"--gin.RERANKER_DIR='{tmp_path / 'reranker'}'",
+                                    "--gin.UPSAMPLE_RATIO=2.0")) == 0
+    for method in ("sbert", "recross"):
+        record = json.loads((root / "more" / "runs" / f"{PREFIX}.target_mc" / method /
+                             "query_set_0.json").read_text())
+        assert len(record["retrieved_ids"]) == 6  # per-query top-k, duplicates kept (SPEC §1.2)
+        tasks = set(record["retrieved_tasks"])
+        assert all(t.startswith(PREFIX + ".") for t in tasks) and f"{PREFIX}.target_mc" not in tasks
+        assert ("rerank" in record["time"]) == (method == "recross")
 
 
 def test_random_is_seeded_and_relearning_changes_the_model(setup, monkeypatch):
