@@ -2,9 +2,9 @@
 
 For each target task and query set: draw |Q| unlabeled query inputs (seeded, disjoint from the
 test examples and from the other query sets), retrieve |R| upstream examples with the method
-(never the target's own, should the pool hold them),
-re-learn a fresh copy of the upstream model on them, evaluate it on the target's test split, and
-write one JSON per (target, method, query set):
+(never the target's own, should the pool hold them), re-learn a fresh copy of the upstream model
+on them, evaluate it on the target's test split, and write one JSON per (target, method, query
+set):
 
     <out_dir>/runs/<target>/<method>/query_set_<i>.json
 
