@@ -59,6 +59,7 @@ def run_jax(args: argparse.Namespace) -> dict:
     from recross_jax import partitioning, training
     from recross_jax.models.t5 import T5Config, Transformer
 
+    partitioning.use_cpu_devices(args.devices)  # the mesh's data axis spans them
     base_rss = peak_rss_mib()
     emb, mlp, heads, head_dim, layers, vocab = SIZES[args.size]
     config = T5Config(vocab_size=vocab, emb_dim=emb, mlp_dim=mlp, num_heads=heads,
@@ -169,7 +170,8 @@ def launch(side: str, size: str, args: argparse.Namespace) -> dict:
            "--batch_size", str(args.batch_size), "--inputs", str(args.inputs),
            "--targets", str(args.targets), "--steps", str(args.steps),
            "--cores", str(args.cores), "--dropout", str(args.dropout),
-           "--learning_rate", str(args.learning_rate), "--seed", str(args.seed)]
+           "--learning_rate", str(args.learning_rate), "--seed", str(args.seed),
+           "--devices", str(args.devices)]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -191,13 +193,15 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--devices", type=int, default=1,
+                        help="JAX CPU devices of our side (e.g. one per core; batches sharded over them)")
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
     tokens = args.batch_size * (args.inputs + args.targets)
     print(f"batch {args.batch_size} x ({args.inputs} + {args.targets}) tokens, {args.cores} "
-          f"cores, {args.steps} timed steps")
+          f"cores, {args.steps} timed steps, our devices {args.devices}")
     for size in args.sizes:
         results = {side: launch(side, size, args) for side in ("jax", "torch")}
         for side, r in results.items():
