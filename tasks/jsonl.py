@@ -5,7 +5,9 @@ Each line of a file is one prompted example, a JSON object with
   - `targets` (string, or a non-empty list of strings whose first one is the target; null marks
     an unlabeled line, which is skipped, as are the TaskWeb lines a template did not apply to);
   - `choices` (list of strings or null, optional): answer choices, for rank classification;
-  - `task` (string, optional): the example's task, default the registered task name;
+  - `task` (string, optional): the example's task, default the registered task name (a file
+    may mix tasks; `register_jsonl_task(..., row_task=False)` ignores the field and names every
+    example by the registered task, as TaskWeb's one-task files need);
   - `template` (string, optional): the prompt's name, default "default".
 Other fields are ignored; blank lines are skipped. A line that breaks these rules is a
 `UserError` naming the file and the line number.
@@ -116,11 +118,14 @@ class JsonlTask:
       path: a file or directory, or a function returning one (looked up on each read).
       fractions: train/validation/test shares of the hashed split of a single file.
       salt: changes the hashed split without changing its shares.
+      row_task: whether a row's `task` field names its example's task; False: every example
+        is this task (the field still seeds the hashed split, so the split does not change).
     """
     name: str
     path: PathOrDir
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     salt: str = ""
+    row_task: bool = True
 
     def resolve(self) -> str:
         """The file or directory now, or a UserError if it does not exist."""
@@ -162,6 +167,8 @@ class JsonlTask:
                     "\x1f".join((fields["task"], fields["inputs"], fields["targets"])),
                     self.fractions, self.salt) != split:
                 continue
+            if not self.row_task:
+                fields["task"] = self.name
             example_id = common.example_id(self.name, split, fields["template"], line_no)
             result.append(common.make_example(**fields, example_id=example_id))
         return result
@@ -170,8 +177,8 @@ class JsonlTask:
 _TASKS: dict[str, JsonlTask] = {}
 
 
-def register_jsonl_task(name: str, path_or_dir: PathOrDir, *,
-                        fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: str = "") -> seqio.Task:
+def register_jsonl_task(name: str, path_or_dir: PathOrDir, *, fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                        salt: str = "", row_task: bool = True) -> seqio.Task:
     """Registers a seqio task over a JSONL file or a directory of per-split JSONL files.
 
     Args:
@@ -181,6 +188,8 @@ def register_jsonl_task(name: str, path_or_dir: PathOrDir, *,
         (then the file is assumed single and hashed, and a missing path fails on iteration).
       fractions: train/validation/test shares of the hashed split.
       salt: changes the hashed split without changing its shares.
+      row_task: take each example's task from its row's `task` field (default); False: name
+        every example by `name`.
 
     Raises:
       UserError: a given path does not exist, or a directory holds no split file.
@@ -189,7 +198,7 @@ def register_jsonl_task(name: str, path_or_dir: PathOrDir, *,
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9:
         raise UserError(f"split fractions of task {name!r} must be three non-negative shares "
                         f"summing to 1, got {fractions}")
-    task = JsonlTask(name, path_or_dir, fractions, salt)
+    task = JsonlTask(name, path_or_dir, fractions, salt, row_task)
     files = None if callable(path_or_dir) else task.split_files()
     _TASKS[name] = task
     return common.register_task(name, task.examples,
@@ -229,7 +238,9 @@ def _taskweb_file(task: str) -> str:
 
 def _register_taskweb() -> None:
     for task in TASKWEB_UPSTREAM + TASKWEB_TARGETS:
-        register_jsonl_task(f"p3mini.{task}", functools.partial(_taskweb_file, task))
+        # Example tasks are the registered names (the rows say "cb"), so `exclude_tasks`, the
+        # target's own exclusion and reports all speak of p3mini.<task>.
+        register_jsonl_task(f"p3mini.{task}", functools.partial(_taskweb_file, task), row_task=False)
     common.register_mixture("p3mini_upstream", [f"p3mini.{task}" for task in TASKWEB_UPSTREAM])
     common.register_mixture("p3mini_targets", [f"p3mini.{task}" for task in TASKWEB_TARGETS])
 
