@@ -215,12 +215,13 @@ def _generalize(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from recross_jax import corpus, reporting  # pylint: disable=import-outside-toplevel
+    from recross_jax import reporting  # pylint: disable=import-outside-toplevel
     from recross_jax.selection import transfer  # pylint: disable=import-outside-toplevel
     scores = None
     if args.transfer_scores:
         sources = None
-        if args.upstream:
+        if args.upstream:  # only then is seqio (and TensorFlow) needed
+            from recross_jax import corpus  # pylint: disable=import-outside-toplevel
             import_task_modules(args.tasks_module)
             sources = {task.name for task in corpus.tasks_of(args.upstream)}
         scores = transfer.load_transfer_scores(args.transfer_scores, args.transfer_metric,
