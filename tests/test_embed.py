@@ -1,4 +1,4 @@
-"""Pool embedding: sharding, manifest, resume after a kill, mismatch refusal, bucketing helpers."""
+"""Pool embedding: sharding, manifest, resume after a kill, mismatch refusal, the T5 embedder."""
 import json
 import os
 
@@ -76,31 +76,6 @@ def test_manifest_is_valid_json_with_embedder(tmp_path):
     embed.build_pool(rows(3), HashEmbedder(), str(tmp_path), progress=False)
     with open(tmp_path / embed.MANIFEST) as f:
         assert json.load(f)["embedder"] == {"kind": "hash", "dims": 4}
-
-
-def test_mean_pool_ignores_padding():
-    hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
-    tokens = np.array([[5, 6, 0], [7, 0, 0]])
-    pooled = np.asarray(embed.mean_pool(hidden, tokens))
-    np.testing.assert_allclose(pooled[0], hidden[0, :2].mean(0))
-    np.testing.assert_allclose(pooled[1], hidden[1, 0])
-
-
-@pytest.mark.parametrize("length,expected", [(1, 16), (16, 16), (17, 20), (100, 112), (600, 512)])
-def test_bucket_length(length, expected):
-    assert embed.bucket_length(length, max_length=512) == expected
-
-
-def test_embed_sorted_restores_order_and_drops_padding_rows():
-    lengths = [5, 1, 3, 2, 4]
-
-    def embed_batch(indices):  # a full batch of 2 rows, the last one padding when short
-        return np.pad(np.asarray(lengths)[indices][:, None] * 1.0, ((0, 2 - len(indices)), (0, 0)),
-                      constant_values=-1)
-
-    out = embed.embed_sorted(lengths, 2, embed_batch)
-    np.testing.assert_array_equal(out[:, 0], lengths)
-    assert embed.embed_sorted([], 2, embed_batch).shape == (0, 0)
 
 
 def test_t5_encoder_embedder_matches_direct_mean_pool():

@@ -1,4 +1,4 @@
-"""Sentence embedder: packing, pooling, parity with sentence-transformers' all-MiniLM-L6-v2."""
+"""Sentence embedder: parity with sentence-transformers' all-MiniLM-L6-v2."""
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +13,7 @@ import tiny_bert
 from recross_jax import partitioning
 from recross_jax.errors import UserError
 from recross_jax.models.bert import BertConfig, BertModel, load_hf_bert
-from recross_jax.retrieval.embed import row_lengths
-from recross_jax.retrieval.sentence import SentenceEmbedder, pack, segment_mean
+from recross_jax.retrieval.sentence import SentenceEmbedder
 
 WORDS = ("the a of and to is was cat dog sat on mat river bank money fish water tree house "
          "red blue green big small quick brown fox jumps over lazy day night sun moon").split()
@@ -45,45 +44,6 @@ SENTENCES = [
     " ".join(["The river bank was steep and the water was cold, so the fishermen waited for "
               "the morning sun before they crossed to the other side."] * 12),
 ]
-
-
-# --- packing and pooling ------------------------------------------------------------------------
-
-
-def test_pack_is_first_fit_decreasing():
-    assert pack([5, 4, 3, 3, 1], row_length=8, max_segments=3) == [[0, 2], [1, 3, 4]]
-    assert pack([1] * 5, row_length=8, max_segments=2) == [[0, 1], [2, 3], [4]]
-    assert pack([], row_length=8, max_segments=2) == []
-
-
-def test_pack_covers_every_text_within_the_limits():
-    lengths = np.random.default_rng(0).integers(1, 65, 500)
-    rows = pack(lengths, row_length=64, max_segments=5)
-    assert sorted(i for row in rows for i in row) == list(range(500))
-    assert all(sum(lengths[i] for i in row) <= 64 and len(row) <= 5 for row in rows)
-    # First-fit decreasing stays close to the lower bound on the number of rows.
-    assert len(rows) <= 1.1 * lengths.sum() / 64 + 1
-
-
-def test_row_lengths_bound_the_padding():
-    assert row_lengths(256, 64) == (64, 80, 96, 112, 128, 160, 192, 224, 256)
-    assert row_lengths(300, 64)[-3:] == (224, 256, 300)
-    assert row_lengths(32, 64) == (32,)
-    assert row_lengths(40, 16) == (16, 20, 24, 28, 32, 40)
-    lengths = row_lengths(512, 16)
-    for n in range(17, 513):
-        assert next(r for r in lengths if r >= n) - n < n / 4
-
-
-def test_segment_mean_matches_numpy():
-    rng = np.random.default_rng(1)
-    hidden = rng.normal(size=(2, 6, 3)).astype(np.float32)
-    segments = np.array([[1, 1, 2, 2, 2, 0], [1, 0, 0, 0, 0, 0]])
-    got = np.asarray(segment_mean(hidden, segments, max_segments=3))
-    np.testing.assert_allclose(got[0, 0], hidden[0, :2].mean(0), rtol=1e-6)
-    np.testing.assert_allclose(got[0, 1], hidden[0, 2:5].mean(0), rtol=1e-6)
-    np.testing.assert_allclose(got[1, 0], hidden[1, 0], rtol=1e-6)
-    assert not got[0, 2].any() and not got[1, 1:].any()  # empty slots are zero, not NaN
 
 
 # --- a tiny sentence-transformers directory -----------------------------------------------------

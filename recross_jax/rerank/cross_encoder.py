@@ -49,7 +49,7 @@ from recross_jax import checkpoints, gin_utils, io_utils, partitioning, training
 from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_json_atomic
 from recross_jax.models.bert import BertConfig, BertModel, Dense, load_hf_bert
-from recross_jax.retrieval.embed import row_lengths
+from recross_jax.retrieval.packing import row_lengths
 
 RERANKER_FILE = "reranker.json"
 TOKENIZER_FILE = "tokenizer.json"

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import json
 import os
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -107,69 +107,9 @@ def read_manifest(pool_dir: str) -> dict:
         return json.load(f)
 
 
-def mean_pool(hidden: "jax.Array", tokens: "jax.Array") -> "jax.Array":  # noqa: F821
-    """Mean of `hidden` [b, l, d] over the positions where `tokens` [b, l] is not padding (0)."""
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    mask = (tokens != 0).astype(hidden.dtype)[..., None]
-    return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
-
-
-def row_lengths(max_length: int, shortest: int) -> tuple[int, ...]:
-    """The padded lengths of jitted batches, from `shortest` (>= 8) to `max_length`: 64, 80, 96,
-    112, 128, 160, ... in steps of a quarter of the last power of two, so a sequence pads by less
-    than a quarter of its length while a few shapes (four per doubling) are compiled.
-    """
-    lengths, size = [], shortest
-    while size < max_length:
-        lengths.append(size)
-        size += 1 << (size.bit_length() - 3)
-    return tuple(lengths) + (max_length,)
-
-
-def bucket_length(length: int, max_length: int, shortest: int = 16) -> int:
-    """The padded length for a sequence: the shortest of `row_lengths` that holds it."""
-    lengths = row_lengths(max_length, shortest)
-    return lengths[min(int(np.searchsorted(lengths, length)), len(lengths) - 1)]
-
-
 def config_hash(obj: dict) -> str:
     """A short stable hash of a JSON-serialisable description."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()[:16]
-
-
-def batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
-    """Index batches over rows sorted by length, so each batch pads to a similar length."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
-
-
-def embed_sorted(lengths: Sequence[int], batch_size: int,
-                 embed_batch: Callable[[np.ndarray], Any]) -> np.ndarray:
-    """Runs `embed_batch(indices)` over length-sorted batches and puts vectors back in order.
-
-    `embed_batch` returns vectors for at least `len(indices)` rows (extra padding rows are
-    dropped), possibly still being computed (a jax.Array): each batch is read back only after the
-    next one is dispatched, so the host prepares a batch while the device runs the previous one.
-    """
-    out = np.zeros((0, 0), np.float32)
-
-    def collect(indices: np.ndarray, vectors: Any) -> None:
-        nonlocal out
-        vectors = np.asarray(vectors, dtype=np.float32)[:len(indices)]
-        if not out.size:
-            out = np.zeros((len(lengths), vectors.shape[1]), np.float32)
-        out[indices] = vectors
-
-    previous = None
-    for indices in batches_by_length(lengths, batch_size):
-        current = (indices, embed_batch(indices))
-        if previous is not None:
-            collect(*previous)
-        previous = current
-    if previous is not None:
-        collect(*previous)
-    return out
 
 
 def _start_or_resume(out_dir: str, description: dict) -> dict:
@@ -209,10 +149,12 @@ class T5EncoderEmbedder:
     """SPEC §1.2: the upstream model's last encoder layer, mean-pooled over non-padding tokens.
 
     Rows are tokenized from their `inputs` text (trimmed to `max_length - 1`, then EOS
-    appended, as seqio's `append_eos_after_trim` does),
-    sorted by length and run in fixed-size batches padded to the `row_lengths` buckets, so the
-    jitted encoder compiles once per bucket. The batch is sharded over the mesh's
-    `data` axis and the parameters by the model's logical axis rules.
+    appended, as seqio's `append_eos_after_trim` does) and packed into length-bucketed batches
+    (`retrieval.packing`): short texts share a row as separate segments, which T5's relative
+    attention allows exactly (offsets within a segment are those of the text alone, and
+    attention across segments is masked). `batch_size` counts rows of 64 tokens per call. The
+    batch is sharded over the mesh's `data` axis and the parameters by the model's logical
+    axis rules.
     """
 
     def __init__(self, config, params, tokenize: Callable[[str], Sequence[int]], eos_id: int,
@@ -221,46 +163,45 @@ class T5EncoderEmbedder:
 
         from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
         from recross_jax.models import t5  # pylint: disable=import-outside-toplevel
+        from recross_jax.retrieval import packing  # pylint: disable=import-outside-toplevel
         self.description = description
         self.tokenize = tokenize
         self.eos_id = eos_id
         self.max_length = max_length
+        self.dims = config.emb_dim
         self.mesh = mesh or partitioning.create_mesh()
-        data_size = self.mesh.shape["data"]
-        self.batch_size = -(-batch_size // data_size) * data_size
+        self._packer = packing.Packer(max_length, batch_size, self.mesh.shape["data"])
         model = t5.Transformer(config)
         dummy = np.ones((1, 1), np.int32)
         boxed = jax.eval_shape(lambda rng: model.init(rng, dummy, dummy, dummy), jax.random.PRNGKey(0))
         param_shardings = partitioning.param_shardings(boxed["params"], self.mesh)
         self.params = jax.device_put(params, param_shardings)
-        self._batch_sharding = partitioning.batch_sharding(self.mesh)
+        batch_sharding = partitioning.batch_sharding(self.mesh)
+        max_segments = self._packer.max_segments
 
-        def encode(params, tokens):
-            hidden = model.apply({"params": params}, tokens, method=t5.Transformer.encode)
-            return mean_pool(hidden.astype(np.float32), tokens)
+        def encode(params, tokens, segments):
+            hidden = model.apply({"params": params}, tokens, segments, method=t5.Transformer.encode)
+            return packing.segment_mean(hidden, segments, max_segments[tokens.shape[1]])
 
-        self._encode = jax.jit(encode, in_shardings=(param_shardings, self._batch_sharding),
-                               out_shardings=self._batch_sharding)
+        jitted = jax.jit(encode, in_shardings=(param_shardings, batch_sharding, batch_sharding),
+                         out_shardings=batch_sharding)
+
+        def embed_batch(tokens: np.ndarray, segments: np.ndarray, positions: np.ndarray):
+            del positions  # relative attention only
+            with partitioning.activate(self.mesh):  # returns before the batch is computed
+                return jitted(self.params, tokens, segments)
+
+        self._embed_batch = embed_batch
 
     def __call__(self, rows: Sequence[dict]) -> np.ndarray:
         return self.embed_texts([row["inputs"] for row in rows])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors [len(texts), emb_dim] in the order of `texts`."""
-        token_lists = [self._tokens(text) for text in texts]
-        return embed_sorted([len(t) for t in token_lists], self.batch_size,
-                            lambda indices: self._embed_batch([token_lists[i] for i in indices]))
+        from recross_jax.retrieval import packing  # pylint: disable=import-outside-toplevel
+        tokens = [self._tokens(text) for text in texts]
+        return packing.embed_packed(self._packer.batches([(0, tokens)]), len(texts), self.dims,
+                                    self._embed_batch)
 
     def _tokens(self, text: str) -> list[int]:
         return list(self.tokenize(text))[:self.max_length - 1] + [self.eos_id]
-
-    def _embed_batch(self, token_lists: list[list[int]]) -> np.ndarray:
-        import jax  # pylint: disable=import-outside-toplevel
-
-        from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
-        length = bucket_length(max(len(t) for t in token_lists), self.max_length)
-        tokens = np.zeros((self.batch_size, length), np.int32)
-        for i, ids in enumerate(token_lists):
-            tokens[i, :len(ids)] = ids
-        with partitioning.activate(self.mesh):  # returns before the batch is computed
-            return self._encode(self.params, jax.device_put(tokens, self._batch_sharding))

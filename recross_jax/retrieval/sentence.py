@@ -4,13 +4,10 @@ Computes what sentence-transformers computes for such a model: WordPiece tokens 
 truncated to `max_length`, the encoder's last hidden states, their mean over real tokens, and an
 L2 normalisation.
 
-For speed on large inputs, texts go into rows of a few fixed lengths (`row_lengths`: 64, 80, ...,
-256, ...), each text into the shortest that holds it. Texts of up to 64 tokens are packed, several
-to a row, each with its own segment id, positions restarting at 0 and attention confined to
-itself, so every vector is the one of the text run alone (masked attention weights are exactly 0).
-Longer rows stay short where most texts are, because attention cost grows with the row length.
-Each call takes about `batch_size * 64` tokens, so the jitted encoder compiles for one full
-batch shape per row length, plus power-of-two row counts for the last, partial batches.
+For speed on large inputs, texts are packed into rows of a few fixed lengths
+(`retrieval.packing`): short texts several to a row, each with its own segment id, positions
+restarting at 0 and attention confined to itself, so every vector is the one of the text run
+alone (masked attention weights are exactly 0).
 """
 from __future__ import annotations
 
@@ -27,66 +24,19 @@ import numpy as np
 
 from recross_jax.errors import UserError
 from recross_jax.models.bert import BertConfig, BertModel, load_hf_bert
-from recross_jax.retrieval.embed import row_lengths
+from recross_jax.retrieval import packing
 
 _WEIGHTS = "model.safetensors"
 _CONFIG = "config.json"
 _TOKENIZER = "tokenizer.json"
-# The shortest row, into which short texts are packed; `batch_size` counts rows of this length.
-_PACKED_ROW = 64
 # Texts tokenized at once: bounds host memory on large pools while giving the packer
 # enough texts to fill rows.
 _CHUNK_TEXTS = 4096
 
 
-def pack(lengths: Sequence[int], row_length: int, max_segments: int) -> list[list[int]]:
-    """Packs texts into rows by first-fit decreasing.
-
-    Args:
-      lengths: token counts, each at most `row_length`.
-      row_length: tokens per row.
-      max_segments: texts per row at most.
-    Returns:
-      Rows, each a list of positions into `lengths`, together covering every position once.
-    """
-    lengths = np.asarray(lengths, np.int64)
-    space = np.zeros(0, np.int64)  # free tokens per row
-    count = np.zeros(0, np.int64)  # texts per row
-    rows: list[list[int]] = []
-    for i in np.argsort(-lengths, kind="stable"):
-        fits = np.flatnonzero((space >= lengths[i]) & (count < max_segments))
-        if fits.size:
-            row = fits[0]
-        else:
-            row = len(rows)
-            rows.append([])
-            space, count = np.append(space, row_length), np.append(count, 0)
-        rows[row].append(int(i))
-        space[row] -= lengths[i]
-        count[row] += 1
-    return rows
-
-
-def segment_mean(hidden: jax.Array, segment_ids: jax.Array, max_segments: int) -> jax.Array:
-    """Mean of `hidden` [b, l, d] over the tokens of each segment 1..max_segments: [b, s, d].
-
-    Computed in float32 as sentence-transformers' Pooling(mean), counts clamped at 1e-9.
-    """
-    slots = jnp.arange(1, max_segments + 1)
-    onehot = (segment_ids[:, None, :] == slots[None, :, None]).astype(jnp.float32)
-    total = jnp.einsum("bsl,bld->bsd", onehot, hidden.astype(jnp.float32))
-    return total / jnp.maximum(onehot.sum(axis=-1, keepdims=True), 1e-9)
-
-
 def l2_normalize(x: jax.Array) -> jax.Array:
     """x / max(||x||, 1e-12) over the last axis, as torch.nn.functional.normalize."""
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-# A row waiting for its batch: (position of each text in the input, its token ids).
-_Row = list[tuple[int, list[int]]]
-# A batch: (text positions, their rows, their segment slots, (ids, segments, positions)).
-_Batch = tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 class SentenceEmbedder:
@@ -133,12 +83,8 @@ class SentenceEmbedder:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
         self._mesh = mesh
-        self._data_size = 1 if mesh is None else mesh.shape["data"]
-        self._row_lengths = row_lengths(max_length, _PACKED_ROW)
-        # Texts per row at most: several in the packed rows, one in longer rows (their texts
-        # are longer than half the row); a static bound for the pooling one-hot.
-        self._max_segments = {length: max(1, length // 8) if length <= _PACKED_ROW else 1
-                              for length in self._row_lengths}
+        self._packer = packing.Packer(max_length, batch_size,
+                                      1 if mesh is None else mesh.shape["data"])
         self._params, self._embed = self._compile(params)
 
     @classmethod
@@ -222,84 +168,29 @@ class SentenceEmbedder:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise UserError(f"encode: text #{i} is a {type(text).__name__}, not a string")
-        out = np.zeros((len(texts), self.dims), np.float32)
         show = (self.progress if progress is None else progress) and len(texts) > _CHUNK_TEXTS
         with tqdm(total=len(texts), desc="embedding", unit="text", disable=not show) as bar:
-            pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, jax.Array]] = []
-            for text_ids, rows, slots, inputs in self._batches(texts):
-                # Dispatch is asynchronous: the host packs the next batch while this one runs.
-                pending.append((text_ids, rows, slots, self._embed(self._params, *inputs)))
-                if len(pending) > 2:
-                    self._collect(pending.pop(0), out, bar)
-            for item in pending:
-                self._collect(item, out, bar)
-        return out
+            return packing.embed_packed(self._packer.batches(self._chunks(texts)), len(texts),
+                                        self.dims, functools.partial(self._embed, self._params),
+                                        bar.update)
 
-    def _batches(self, texts: Sequence[str]) -> Iterator[_Batch]:
-        """Full batches as rows fill up, chunk by chunk, then the partial ones at the end."""
-        waiting: dict[int, list[_Row]] = {length: [] for length in self._row_lengths}
+    def _chunks(self, texts: Sequence[str]) -> Iterator[tuple[int, list[list[int]]]]:
+        """(position of the first text, token ids) of `_CHUNK_TEXTS` texts at a time."""
         for start in range(0, len(texts), _CHUNK_TEXTS):
-            tokens = self.tokenize(texts[start:start + _CHUNK_TEXTS])
-            lengths = np.array([len(t) for t in tokens], np.int64)
-            shorter = 0
-            for length in self._row_lengths:
-                group = np.flatnonzero((lengths > shorter) & (lengths <= length))
-                shorter = length
-                rows = waiting[length]
-                for row in pack(lengths[group], length, self._max_segments[length]):
-                    rows.append([(start + int(group[i]), tokens[group[i]]) for i in row])
-                full = self._rows_per_call(length)
-                while len(rows) >= full:
-                    yield self._batch(rows[:full], length, full)
-                    del rows[:full]
-        for length, rows in waiting.items():
-            if rows:
-                # A power of two of rows bounds the number of shapes compiled for leftovers.
-                count = min(1 << (len(rows) - 1).bit_length(), self._rows_per_call(length))
-                yield self._batch(rows, length, -(-count // self._data_size) * self._data_size)
-
-    def _rows_per_call(self, length: int) -> int:
-        rows = max(1, self.batch_size * _PACKED_ROW // length)
-        return -(-rows // self._data_size) * self._data_size
-
-    @staticmethod
-    def _batch(rows: list[_Row], length: int, num_rows: int) -> _Batch:
-        """Lays `rows` out as model inputs of shape [num_rows, length], padding with id 0."""
-        ids, segments, positions = (np.zeros((num_rows, length), np.int32) for _ in range(3))
-        text_ids, row_of, slot_of = [], [], []
-        for r, row in enumerate(rows):
-            begin = 0
-            for slot, (text_id, tokens) in enumerate(row):
-                end = begin + len(tokens)
-                ids[r, begin:end] = tokens
-                segments[r, begin:end] = slot + 1
-                positions[r, begin:end] = np.arange(len(tokens))
-                text_ids.append(text_id)
-                row_of.append(r)
-                slot_of.append(slot)
-                begin = end
-        return (np.array(text_ids, np.int64), np.array(row_of, np.int64),
-                np.array(slot_of, np.int64), (ids, segments, positions))
-
-    @staticmethod
-    def _collect(item: tuple[np.ndarray, np.ndarray, np.ndarray, jax.Array], out: np.ndarray,
-                 bar: Any) -> None:
-        text_ids, rows, slots, vectors = item
-        out[text_ids] = np.asarray(vectors)[rows, slots]
-        bar.update(len(text_ids))
+            yield start, self.tokenize(texts[start:start + _CHUNK_TEXTS])
 
     def _compile(self, params: Any) -> tuple[Any, Any]:
         """Places the parameters and builds the jitted (ids, segments, positions) -> vectors."""
         from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
         model = BertModel(self.config)
         normalize = self.normalize
-        max_segments = self._max_segments
+        max_segments = self._packer.max_segments
 
         def embed(params: Any, ids: jax.Array, segments: jax.Array, positions: jax.Array
                   ) -> jax.Array:
             hidden = model.apply({"params": params}, ids, position_ids=positions,
                                  segment_ids=segments).last_hidden_state
-            pooled = segment_mean(hidden, segments, max_segments[ids.shape[1]])
+            pooled = packing.segment_mean(hidden, segments, max_segments[ids.shape[1]])
             return l2_normalize(pooled) if normalize else pooled
 
         if self._mesh is None:
