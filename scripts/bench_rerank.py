@@ -7,7 +7,9 @@ all-MiniLM-L6-v2 backbone and pooler plus one seeded 2-way head, copied into tra
 process pinned to the same CPU cores (torch with that many threads). The PyTorch side runs in
 two orders: the pairs as given, query by query (what a plain loop over the candidates does, as
 the original ReCross reranker and sentence-transformers' `CrossEncoder.predict`), and sorted by
-length (less padding). Ours sorts by length and pads each batch to a fixed bucket length.
+length (less padding), `--batch_size` pairs a call. Ours packs the pairs into rows of a few
+fixed lengths (`retrieval.packing`: short pairs several to a row, each attending only to
+itself), `--batch_size` rows of 64 tokens a call.
 JAX's compile time is measured by a warm-up pass and reported apart; the throughput is the
 best of `--repeats` timed passes.
 
@@ -150,7 +152,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 SIDES = (("torch_given", "PyTorch, pairs as given"), ("torch_sorted", "PyTorch, length-sorted"),
-         ("ours", "ours (Flax, jit, buckets)"))
+         ("ours", "ours (Flax, jit, packed)"))
 
 
 def main() -> None:
@@ -161,7 +163,8 @@ def main() -> None:
                         help="BIG-bench target task of the queries (default: winowhy, whose "
                              "inputs have the median length of the 14 targets')")
     parser.add_argument("--texts", help="JSONL with 'inputs' instead of BIG-bench")
-    parser.add_argument("--batch_size", type=int, default=64, help="pairs per model call")
+    parser.add_argument("--batch_size", type=int, default=64,
+                        help="pairs per PyTorch call; rows of 64 tokens per call of ours")
     parser.add_argument("--max_length", type=int, default=512, help="tokens per pair")
     parser.add_argument("--cores", type=int, default=2, help="CPU cores (and torch threads)")
     parser.add_argument("--repeats", type=int, default=3)

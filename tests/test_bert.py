@@ -227,6 +227,22 @@ def test_packed_segments_equal_separate_rows():
     np.testing.assert_allclose(np.asarray(packed[5:12]), np.asarray(alone_b), atol=1e-5)
 
 
+def test_pooler_at_packed_cls_positions_equals_separate_rows():
+    config = _tiny()
+    model = BertModel(config, with_pooler=True)
+    params = _random_params(config, with_pooler=True)
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(1, 64, 6), rng.integers(1, 64, 3)
+    alone = [_apply(model, params, x[None]).pooled_output[0] for x in (a, b)]
+    ids = np.concatenate([a, b, np.zeros(3, np.int64)])[None]
+    segments = np.array([[1] * 6 + [2] * 3 + [0] * 3])
+    positions = np.array([list(range(6)) + list(range(3)) + [0] * 3])
+    pooled = _apply(model, params, ids, position_ids=positions, segment_ids=segments,
+                    cls_index=np.array([[0, 6]])).pooled_output
+    assert pooled.shape == (1, 2, config.hidden_size)
+    np.testing.assert_allclose(np.asarray(pooled[0]), np.stack(alone), atol=1e-5)
+
+
 def test_query_blocks_keep_each_block_within_the_budget():
     assert bert.query_blocks(64, 12, 256) == 1  # 201 MB of logits: one pass
     assert bert.query_blocks(64, 12, 512) == 4  # 805 MB: blocks of 128 queries

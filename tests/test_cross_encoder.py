@@ -136,7 +136,7 @@ def _one_at_a_time(reranker: ce.Reranker, firsts: list[str], seconds: list[str]
     return np.stack(out)
 
 
-def test_batched_bucketed_scoring_equals_one_pair_at_a_time(bert_dir):
+def test_packed_scoring_equals_one_pair_at_a_time(bert_dir):
     rng = np.random.default_rng(1)
     words = tiny_bert.KEYWORDS + tiny_bert.FILLERS
     queries = [" ".join(rng.choice(words, n)) for n in (2, 70)]
@@ -145,7 +145,7 @@ def test_batched_bucketed_scoring_equals_one_pair_at_a_time(bert_dir):
     firsts = [q for q in queries for _ in candidates]
     seconds = candidates * len(queries)
     lengths = [len(ids) for ids, _ in reranker.tokenizer.encode(firsts, seconds)]
-    # Truncated pairs, pairs out of length order, several buckets, a full and a partial batch.
+    # Truncated pairs, pairs out of length order, short pairs sharing rows, several row lengths.
     assert max(lengths) == 150 and min(lengths) < 64 and lengths != sorted(lengths)
     scores = reranker.score_pairs(queries, candidates)
     reference = _one_at_a_time(reranker, firsts, seconds)[:, ce.POSITIVE].reshape(2, 3)

@@ -1,9 +1,17 @@
-"""Packing token sequences into length-bucketed rows, segment pooling, packed embedding."""
+"""Packing token sequences into length-bucketed rows, segment pooling, packed runs."""
 from __future__ import annotations
 
 import numpy as np
 
-from recross_jax.retrieval.packing import PACKED_ROW, Packer, embed_packed, pack, row_lengths, segment_mean
+from recross_jax.retrieval.packing import (
+    PACKED_ROW,
+    Packer,
+    pack,
+    row_lengths,
+    run_packed,
+    segment_mean,
+    segment_starts,
+)
 
 
 def test_pack_is_first_fit_decreasing():
@@ -51,13 +59,14 @@ def test_batches_hold_every_text_once_laid_out_by_segment():
     tokens = random_tokens(300, 256)
     packer = Packer(max_length=256, batch_size=8, data_size=2)
     seen = []
-    for batch in packer.batches([(0, tokens[:150]), (150, tokens[150:])]):
+    for batch in packer.batches([(0, tokens[:150], None), (150, tokens[150:], None)]):
         rows, length = batch.ids.shape
         assert length in packer.row_lengths and rows % 2 == 0
         assert rows <= packer.rows_per_call(length)
         for text_id, row, slot in zip(batch.text_ids, batch.rows, batch.slots):
             mask = batch.segments[row] == slot + 1
             assert batch.ids[row, mask].tolist() == tokens[text_id]
+            assert not batch.types.any()
             assert batch.positions[row, mask].tolist() == list(range(len(tokens[text_id])))
             seen.append(int(text_id))
         # A text sits in the shortest row length that holds it.
@@ -69,7 +78,7 @@ def test_batches_hold_every_text_once_laid_out_by_segment():
 
 def test_short_texts_share_rows_and_padding_stays_small():
     tokens = random_tokens(400, 30, seed=1)
-    batches = list(Packer(max_length=128, batch_size=16).batches([(0, tokens)]))
+    batches = list(Packer(max_length=128, batch_size=16).batches([(0, tokens, None)]))
     assert {b.ids.shape[1] for b in batches} == {PACKED_ROW}
     real = sum(len(t) for t in tokens)
     full = [b for b in batches if b.ids.shape[0] == 16]
@@ -77,19 +86,38 @@ def test_short_texts_share_rows_and_padding_stays_small():
     assert sum((b.ids != 0).sum() for b in batches) == real
 
 
-def test_embed_packed_returns_vectors_in_input_order():
+def test_run_packed_returns_outputs_in_input_order():
     tokens = random_tokens(50, 100, seed=2)
     packer = Packer(max_length=100, batch_size=4)
 
-    def embed(ids, segments, positions):  # each segment's vector: (its length, its first id)
-        del positions
-        slots = np.arange(1, ids.shape[1] + 1)
-        count = (segments[:, None, :] == slots[None, :, None]).sum(-1)
-        first = np.where(segments[:, None, :] == slots[None, :, None], ids[:, None, :], 0).max(-1)
-        return np.stack([count, first], -1).astype(np.float32)
+    def lengths_and_first_ids(batch):  # each segment's vector: (its length, its largest id)
+        slots = np.arange(1, batch.ids.shape[1] + 1)
+        member = batch.segments[:, None, :] == slots[None, :, None]
+        first = np.where(member, batch.ids[:, None, :], 0).max(-1)
+        return np.stack([member.sum(-1), first], -1).astype(np.float32)
 
     done = []
-    out = embed_packed(packer.batches([(0, tokens)]), len(tokens), 2, embed, done.append)
+    out = run_packed(packer.batches([(0, tokens, None)]), len(tokens), 2,
+                     lengths_and_first_ids, done.append)
     assert out[:, 0].tolist() == [len(t) for t in tokens]
     assert out[:, 1].tolist() == [max(t) for t in tokens]
     assert sum(done) == len(tokens)
+
+
+def test_token_types_travel_with_their_texts_and_segment_starts_find_each_first_token():
+    tokens = random_tokens(40, 90, seed=3)
+    types = [[int(j >= len(t) // 2) for j in range(len(t))] for t in tokens]
+    seen = 0
+    for batch in Packer(max_length=90, batch_size=4).batches([(0, tokens, types)]):
+        starts = np.asarray(segment_starts(batch.segments, batch.positions,
+                                           max(batch.slots) + 1))
+        for text_id, row, slot in zip(batch.text_ids, batch.rows, batch.slots):
+            mask = batch.segments[row] == slot + 1
+            assert batch.types[row, mask].tolist() == types[text_id]
+            assert starts[row, slot] == np.flatnonzero(mask)[0]
+            seen += 1
+        assert (batch.types[batch.segments == 0] == 0).all()
+    assert seen == len(tokens)
+    # Several texts share a row, so some starts are past the row's first token.
+    assert any(len(set(b.rows.tolist())) < len(b.rows)
+               for b in Packer(max_length=90, batch_size=4).batches([(0, tokens, types)]))

@@ -170,7 +170,8 @@ class BertOutput:
 
     Attributes:
       last_hidden_state: [batch, length, hidden] in the activation dtype.
-      pooled_output: tanh(Dense([CLS] state)) [batch, hidden], or None without a pooler.
+      pooled_output: tanh(Dense([CLS] state)) [batch, hidden] ([batch, texts, hidden] for
+        packed rows), or None without a pooler.
     """
 
     last_hidden_state: Array
@@ -381,8 +382,8 @@ class BertModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                  token_type_ids: Array | None = None, position_ids: Array | None = None,
-                 segment_ids: Array | None = None, *, deterministic: bool = True
-                 ) -> BertOutput:
+                 segment_ids: Array | None = None, cls_index: Array | None = None, *,
+                 deterministic: bool = True) -> BertOutput:
         """Encodes a batch.
 
         Args:
@@ -394,9 +395,12 @@ class BertModel(nn.Module):
           segment_ids: int [batch, length] for packed rows: several texts per row, each with
             its own id (> 0), that attend only within themselves; pass `position_ids` that
             restart at 0 for each text. Default: one text per row.
+          cls_index: int [batch, texts], with `with_pooler`: the positions of the tokens to
+            pool (each packed text's [CLS]); default: each row's first token.
           deterministic: disable dropout (pass False and a 'dropout' rng to train).
         Returns:
-          The hidden states of the last layer and, with `with_pooler`, the pooled output.
+          The hidden states of the last layer and, with `with_pooler`, the pooled output
+          ([batch, hidden], or [batch, texts, hidden] with `cls_index`).
         """
         cfg = self.config
         if input_ids.shape[-1] > cfg.max_position_embeddings:
@@ -420,8 +424,10 @@ class BertModel(nn.Module):
             x = Layer(cfg, name=f"layers_{i}")(x, bias, deterministic=deterministic)
         pooled = None
         if self.with_pooler:
+            first = (x[:, 0] if cls_index is None
+                     else jnp.take_along_axis(x, cls_index[..., None].astype(jnp.int32), axis=1))
             pooled = jnp.tanh(Dense(cfg.hidden_size, (None, "embed"), cfg.activation_dtype,
-                                    name="pooler")(x[:, 0]))
+                                    name="pooler")(first))
         return BertOutput(last_hidden_state=x, pooled_output=pooled)
 
 

@@ -15,10 +15,12 @@ and `negatives` lists of input texts): every (q, p) is labeled 1, every (q, n) 0
 of the tuples (not of the pairs, so no query is seen in both) is the dev set; the epoch with
 the best dev accuracy (then lowest dev loss) is the one kept.
 
-Pairs go into batches of similar lengths, each padded to one of a few bucket lengths
-(`row_lengths`: steps of a quarter of a power of two, so padding stays under a fifth), so few
-shapes compile and little padding is computed. Scoring buckets start at 16 tokens (most
-pairs are short); training buckets at 64 (each train-step shape is an expensive compile).
+Scoring packs the pairs into rows of a few lengths (`retrieval.packing`): pairs of up to 64
+tokens several to a row, each attending only to itself with positions from 0 and its logits
+read at its own [CLS], longer ones alone in the shortest row that holds them; every call holds
+about the same number of tokens. Training batches a fixed number of pairs, of similar lengths,
+each batch padded to one of a few bucket lengths (`row_lengths`, from 64 tokens: steps of a
+quarter of a power of two), so few train-step shapes (each an expensive compile) are built.
 
 A reranker directory holds `reranker.json` (written last: the config, the training settings
 and dev metrics), `tokenizer.json`, `checkpoint_<best epoch>/params`, and `config.gin` when
@@ -49,6 +51,7 @@ from recross_jax import checkpoints, gin_utils, io_utils, partitioning, training
 from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_json_atomic
 from recross_jax.models.bert import BertConfig, BertModel, Dense, load_hf_bert
+from recross_jax.retrieval import packing
 from recross_jax.retrieval.packing import row_lengths
 
 RERANKER_FILE = "reranker.json"
@@ -56,8 +59,7 @@ TOKENIZER_FILE = "tokenizer.json"
 TRAIN_DIR = "train"
 POSITIVE = 1  # label index of "helpful"
 _FORMAT = 1
-# Shortest bucket lengths of scoring and of training.
-_SCORE_BUCKET = 16
+# Shortest bucket length of training batches.
 _TRAIN_BUCKET = 64
 # Training pairs are sorted by length within windows of this many batches: batches of similar
 # lengths (little padding) while the order stays random at the scale of an epoch.
@@ -86,10 +88,16 @@ class CrossEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array,
-                 attention_mask: jax.Array, *, deterministic: bool = True) -> jax.Array:
+                 attention_mask: jax.Array, *, segment_ids: jax.Array | None = None,
+                 position_ids: jax.Array | None = None, cls_index: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        """Logits [batch, num_labels], or [batch, pairs, num_labels] for packed rows (several
+        pairs a row, told apart by `segment_ids`, their [CLS] at `cls_index`; see
+        `BertModel`)."""
         cfg = self.config
         pooled = BertModel(cfg, with_pooler=True, name="bert")(
             input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, segment_ids=segment_ids, cls_index=cls_index,
             deterministic=deterministic).pooled_output
         pooled = nn.Dropout(cfg.hidden_dropout_prob)(pooled, deterministic=deterministic)
         logits = Dense(self.num_labels, ("embed", None), cfg.activation_dtype,
@@ -205,18 +213,25 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 class _Scorer:
-    """Jitted, length-bucketed logits of many tokenized pairs."""
+    """Jitted logits of many tokenized pairs, packed into length-bucketed rows
+    (`retrieval.packing`): short pairs several to a row, each attending only to itself with
+    positions from 0, its logits read at its own [CLS]."""
 
     def __init__(self, model: CrossEncoder, max_length: int, mesh: Mesh | None = None,
                  param_shardings: Any = None):
         self.mesh = mesh
+        self.max_length = max_length
         self.data_size = 1 if mesh is None else mesh.shape["data"]
-        self.lengths = row_lengths(max_length, min(_SCORE_BUCKET, max_length))
         self.num_labels = model.num_labels
+        self._max_segments = packing.Packer(max_length, 1).max_segments
 
         def logits(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-            return model.apply({"params": params}, batch["input_ids"],
-                               batch["token_type_ids"], batch["attention_mask"])
+            segments, positions = batch["segment_ids"], batch["position_ids"]
+            cls_index = packing.segment_starts(segments, positions,
+                                               self._max_segments[segments.shape[1]])
+            return model.apply({"params": params}, batch["input_ids"], batch["token_type_ids"],
+                               segments != 0, segment_ids=segments, position_ids=positions,
+                               cls_index=cls_index)
 
         if mesh is None:
             self._fn = jax.jit(logits)
@@ -225,35 +240,20 @@ class _Scorer:
             self._fn = jax.jit(logits, in_shardings=(param_shardings, rows), out_shardings=rows)
 
     def __call__(self, params: Any, encoded: Sequence[Encoded], batch_size: int) -> np.ndarray:
-        """Logits [len(encoded), num_labels] in input order.
+        """Logits [len(encoded), num_labels] in input order; a model call takes about
+        `batch_size` rows of 64 tokens."""
+        packer = packing.Packer(self.max_length, batch_size, self.data_size)
+        chunk = (0, [ids for ids, _ in encoded], [types for _, types in encoded])
+        return packing.run_packed(packer.batches([chunk]), len(encoded), self.num_labels,
+                                  functools.partial(self._run, params))
 
-        Pairs are sorted by length and cut into batches of `batch_size` rows, each padded to
-        the bucket length of its longest pair; the last, partial batch is padded to a power
-        of two of rows, so few shapes compile.
-        """
-        lengths = np.array([len(ids) for ids, _ in encoded], np.int64)
-        order = np.argsort(lengths, kind="stable")
-        full_rows = _round_up(batch_size, self.data_size)
-        pending = []
-        for start in range(0, len(order), batch_size):
-            positions = order[start:start + batch_size]
-            rows = full_rows
-            if len(positions) < batch_size:
-                rows = _round_up(min(1 << (len(positions) - 1).bit_length(), batch_size),
-                                 self.data_size)
-            length = _bucket_length(int(lengths[positions[-1]]), self.lengths)
-            batch = _layout(encoded, positions, rows, length)
-            pending.append((positions, self._run(params, batch)))  # dispatched asynchronously
-        out = np.zeros((len(encoded), self.num_labels), np.float32)
-        for positions, logits in pending:
-            out[positions] = np.asarray(jax.device_get(logits))[:len(positions)]
-        return out
-
-    def _run(self, params: Any, batch: dict[str, np.ndarray]) -> jax.Array:
+    def _run(self, params: Any, batch: packing.Batch) -> jax.Array:
+        inputs = {"input_ids": batch.ids, "token_type_ids": batch.types,
+                  "segment_ids": batch.segments, "position_ids": batch.positions}
         if self.mesh is None:
-            return self._fn(params, batch)
+            return self._fn(params, inputs)
         with partitioning.activate(self.mesh):
-            return self._fn(params, partitioning.shard_batch(batch, self.mesh))
+            return self._fn(params, partitioning.shard_batch(inputs, self.mesh))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +290,8 @@ class Reranker:
           config: the backbone's config (its dtype is the activation dtype).
           params: `CrossEncoder` parameters (unboxed).
           tokenizer: the pair tokenizer; its `max_length` bounds every pair.
-          batch_size: pairs per model call.
+          batch_size: size of a model call in rows of 64 tokens (`batch_size * 64` tokens);
+            as pairs per call, about the batch size of a plain loop over short pairs.
           mesh: split each batch over the mesh's `data` axis; None: the default device.
         """
         if batch_size < 1:
@@ -374,7 +375,7 @@ def load_reranker(directory: str, *, batch_size: int = 64, dtype: str | None = N
 
     Args:
       directory: the reranker directory.
-      batch_size: pairs per model call.
+      batch_size: size of a model call in rows of 64 tokens (see `Reranker`).
       dtype: activation dtype override ('float32' or 'bfloat16'); default: as trained.
       mesh: see `Reranker`.
     Raises:
@@ -614,7 +615,7 @@ def train_reranker(tuples_path: str, out_dir: str, *,
       weight_decay: AdamW's decoupled weight decay (on every parameter).
       clip_grad_norm: global gradient-norm clip; None disables it.
       dev_fraction: share of the tuples held out as dev.
-      eval_batch_size: pairs per call when scoring the dev set.
+      eval_batch_size: size of a scoring call on the dev set, in rows of 64 tokens.
       dtype: activation dtype, 'float32' or 'bfloat16'.
       num_partitions: model-parallel width of the `('data', 'model')` mesh.
       seed: dev split, head initialisation, batch order and dropout.

@@ -186,10 +186,10 @@ class T5EncoderEmbedder:
         jitted = jax.jit(encode, in_shardings=(param_shardings, batch_sharding, batch_sharding),
                          out_shardings=batch_sharding)
 
-        def embed_batch(tokens: np.ndarray, segments: np.ndarray, positions: np.ndarray):
-            del positions  # relative attention only
+        def embed_batch(batch: packing.Batch):
+            # Positions unused: relative attention only.
             with partitioning.activate(self.mesh):  # returns before the batch is computed
-                return jitted(self.params, tokens, segments)
+                return jitted(self.params, batch.ids, batch.segments)
 
         self._embed_batch = embed_batch
 
@@ -200,8 +200,8 @@ class T5EncoderEmbedder:
         """Vectors [len(texts), emb_dim] in the order of `texts`."""
         from recross_jax.retrieval import packing  # pylint: disable=import-outside-toplevel
         tokens = [self._tokens(text) for text in texts]
-        return packing.embed_packed(self._packer.batches([(0, tokens)]), len(texts), self.dims,
-                                    self._embed_batch)
+        return packing.run_packed(self._packer.batches([(0, tokens, None)]), len(texts),
+                                  self.dims, self._embed_batch)
 
     def _tokens(self, text: str) -> list[int]:
         return list(self.tokenize(text))[:self.max_length - 1] + [self.eos_id]

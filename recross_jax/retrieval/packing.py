@@ -1,4 +1,4 @@
-"""Packing token sequences into rows of a few fixed lengths for the encoders that embed them.
+"""Packing token sequences into rows of a few fixed lengths for the BERT and T5 encoders.
 
 Texts go into rows of `row_lengths(max_length, 64)` (64, 80, ..., 256, ...), each into the
 shortest that holds it. Texts of up to 64 tokens are packed several to a row, each with its own
@@ -7,9 +7,10 @@ one of the text run alone: padding costs little and short texts keep short atten
 Each encoder call takes about `batch_size * 64` tokens, so a jitted encoder compiles for one full
 batch shape per row length, plus power-of-two row counts for the last, partial batches.
 
-`embed_packed` runs an encoder over the batches with asynchronous dispatch (the host packs the
-next batch while the device runs the previous ones) and puts the vectors back in input order.
-Both the sentence embedder (MiniLM) and the upstream T5's encoder embedder use it.
+`run_packed` runs a jitted function over the batches with asynchronous dispatch (the host packs
+the next batch while the device runs the previous ones) and puts its per-text outputs back in
+input order. The sentence embedder (MiniLM), the upstream T5's encoder embedder and the
+cross-encoder's scoring of (query, candidate) pairs (which carry token types) use it.
 """
 from __future__ import annotations
 
@@ -75,6 +76,14 @@ def segment_mean(hidden: jax.Array, segment_ids: jax.Array, max_segments: int) -
     return total / jnp.maximum(onehot.sum(axis=-1, keepdims=True), 1e-9)
 
 
+def segment_starts(segments: jax.Array, positions: jax.Array, max_segments: int) -> jax.Array:
+    """Index of the first token of each segment 1..max_segments in its row: [b, s] (0 for an
+    empty slot), e.g. where each packed pair's [CLS] is."""
+    slots = jnp.arange(1, max_segments + 1)
+    first = (segments[:, None, :] == slots[None, :, None]) & (positions[:, None, :] == 0)
+    return jnp.argmax(first, axis=-1)
+
+
 class Batch(NamedTuple):
     """One encoder call: where each text's vector is, and the inputs [rows, length]."""
 
@@ -84,10 +93,14 @@ class Batch(NamedTuple):
     ids: np.ndarray
     segments: np.ndarray
     positions: np.ndarray
+    types: np.ndarray  # token type ids (0 for texts given without them)
 
 
-# A row waiting for its batch: (position of each text in the input, its token ids).
-_Row = list[tuple[int, Sequence[int]]]
+# Texts to pack: (position of the first text in the input, token ids per text, and token type
+# ids per text or None).
+Chunk = tuple[int, Sequence[Sequence[int]], Sequence[Sequence[int]] | None]
+# A row waiting for its batch: (position of each text in the input, its token ids, its types).
+_Row = list[tuple[int, Sequence[int], Sequence[int] | None]]
 
 
 class Packer:
@@ -108,11 +121,11 @@ class Packer:
         self.max_segments = {length: max(1, length // 8) if length <= PACKED_ROW else 1
                              for length in self.row_lengths}
 
-    def batches(self, chunks: Iterable[tuple[int, Sequence[Sequence[int]]]]) -> Iterator[Batch]:
-        """Batches of `chunks` ((position of the chunk's first text, token ids per text), in
-        input order): full ones as rows fill up, then the partial ones at the end."""
+    def batches(self, chunks: Iterable[Chunk]) -> Iterator[Batch]:
+        """Batches of `chunks` (in input order): full ones as rows fill up, then the partial
+        ones at the end."""
         waiting: dict[int, list[_Row]] = {length: [] for length in self.row_lengths}
-        for start, tokens in chunks:
+        for start, tokens, types in chunks:
             lengths = np.array([len(t) for t in tokens], np.int64)
             shorter = 0
             for length in self.row_lengths:
@@ -120,7 +133,8 @@ class Packer:
                 shorter = length
                 rows = waiting[length]
                 for row in pack(lengths[group], length, self.max_segments[length]):
-                    rows.append([(start + int(group[i]), tokens[group[i]]) for i in row])
+                    rows.append([(start + int(group[i]), tokens[group[i]],
+                                  None if types is None else types[group[i]]) for i in row])
                 full = self.rows_per_call(length)
                 while len(rows) >= full:
                     yield self._batch(rows[:full], length, full)
@@ -139,32 +153,36 @@ class Packer:
     @staticmethod
     def _batch(rows: list[_Row], length: int, num_rows: int) -> Batch:
         """Lays `rows` out as inputs of shape [num_rows, length], padding with id 0."""
-        ids, segments, positions = (np.zeros((num_rows, length), np.int32) for _ in range(3))
+        ids, segments, positions, types = (np.zeros((num_rows, length), np.int32)
+                                           for _ in range(4))
         text_ids, row_of, slot_of = [], [], []
         for r, row in enumerate(rows):
             begin = 0
-            for slot, (text_id, tokens) in enumerate(row):
+            for slot, (text_id, tokens, token_types) in enumerate(row):
                 end = begin + len(tokens)
                 ids[r, begin:end] = tokens
                 segments[r, begin:end] = slot + 1
                 positions[r, begin:end] = np.arange(len(tokens))
+                if token_types is not None:
+                    types[r, begin:end] = token_types
                 text_ids.append(text_id)
                 row_of.append(r)
                 slot_of.append(slot)
                 begin = end
         return Batch(np.array(text_ids, np.int64), np.array(row_of, np.int64),
-                     np.array(slot_of, np.int64), ids, segments, positions)
+                     np.array(slot_of, np.int64), ids, segments, positions, types)
 
 
-def embed_packed(batches: Iterable[Batch], count: int, dims: int,
-                 embed: Callable[[np.ndarray, np.ndarray, np.ndarray], Any],
-                 on_done: Callable[[int], object] = lambda n: None) -> np.ndarray:
-    """Runs `embed(ids, segments, positions) -> [rows, segments, dims]` over `batches` and
-    returns float32 vectors [count, dims] in input order; `on_done(n)` after each batch.
+def run_packed(batches: Iterable[Batch], count: int, width: int,
+               fn: Callable[[Batch], Any],
+               on_done: Callable[[int], object] = lambda n: None) -> np.ndarray:
+    """Runs `fn(batch) -> [rows, segments, width]` (one vector per segment slot) over
+    `batches` and returns each text's float32 vector, [count, width] in input order;
+    `on_done(n)` after each batch.
 
     Dispatch is asynchronous: up to two batches are in flight while the host packs the next.
     """
-    out = np.zeros((count, dims), np.float32)
+    out = np.zeros((count, width), np.float32)
     pending: list[tuple[Batch, Any]] = []
 
     def collect(batch: Batch, vectors: Any) -> None:
@@ -172,7 +190,7 @@ def embed_packed(batches: Iterable[Batch], count: int, dims: int,
         on_done(len(batch.text_ids))
 
     for batch in batches:
-        pending.append((batch, embed(batch.ids, batch.segments, batch.positions)))
+        pending.append((batch, fn(batch)))
         if len(pending) > 2:
             collect(*pending.pop(0))
     for item in pending:

@@ -170,14 +170,15 @@ class SentenceEmbedder:
                 raise UserError(f"encode: text #{i} is a {type(text).__name__}, not a string")
         show = (self.progress if progress is None else progress) and len(texts) > _CHUNK_TEXTS
         with tqdm(total=len(texts), desc="embedding", unit="text", disable=not show) as bar:
-            return packing.embed_packed(self._packer.batches(self._chunks(texts)), len(texts),
-                                        self.dims, functools.partial(self._embed, self._params),
-                                        bar.update)
+            return packing.run_packed(
+                self._packer.batches(self._chunks(texts)), len(texts), self.dims,
+                lambda b: self._embed(self._params, b.ids, b.segments, b.positions), bar.update)
 
-    def _chunks(self, texts: Sequence[str]) -> Iterator[tuple[int, list[list[int]]]]:
-        """(position of the first text, token ids) of `_CHUNK_TEXTS` texts at a time."""
+    def _chunks(self, texts: Sequence[str]) -> Iterator[packing.Chunk]:
+        """(position of the first text, token ids, no types) of `_CHUNK_TEXTS` texts at a
+        time."""
         for start in range(0, len(texts), _CHUNK_TEXTS):
-            yield start, self.tokenize(texts[start:start + _CHUNK_TEXTS])
+            yield start, self.tokenize(texts[start:start + _CHUNK_TEXTS]), None
 
     def _compile(self, params: Any) -> tuple[Any, Any]:
         """Places the parameters and builds the jitted (ids, segments, positions) -> vectors."""
