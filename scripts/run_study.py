@@ -8,11 +8,15 @@ pass --train_steps etc. to go further.
 
     python scripts/run_study.py --out runs/study [--splits bigbench taskweb] [--train_steps 600]
     python scripts/run_study.py --splits taskweb --targets all   # every target of the split
+
+`--targets all` skips (and names) the targets with fewer train examples than 5 disjoint query
+sets need (9 of the 21 BIG-bench targets hold a few dozen examples in all).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import sys
 
@@ -33,17 +37,32 @@ SPLITS = {
 
 
 TARGET_MIXTURES = {"bigbench": "bigbench_targets", "taskweb": "p3mini_targets"}
+NUM_QUERIES = 16  # |Q|
 
 
-def split_targets(split: str, targets: list[str] | None) -> tuple[str, ...]:
-    """The targets to run for `split`: the given ones, every target of the split ('all'), or the
-    split's default three."""
+def has_enough_examples(task: seqio.Task, num_query_sets: int, num_queries: int) -> bool:
+    """Whether `task`'s train split holds the examples of `num_query_sets` disjoint query sets
+    (test inputs aside); prints the shortfall when not."""
+    needed = num_query_sets * num_queries
+    raw = task.source.get_dataset(split="train", shuffle=False).as_numpy_iterator()
+    count = sum(1 for _ in itertools.islice(raw, needed))
+    if count < needed:
+        print(f"skipping target {task.name}: {count} train examples, {num_query_sets} query "
+              f"sets of {num_queries} need {needed}", file=sys.stderr)
+    return count >= needed
+
+
+def split_targets(split: str, targets: list[str] | None, num_query_sets: int,
+                  num_queries: int) -> tuple[str, ...]:
+    """The targets to run for `split`: the given ones, every target of the split's target
+    mixture with enough examples ('all'), or the split's default three."""
     if not targets:
         return SPLITS[split].targets
     if targets != ["all"]:
         return tuple(targets)
     cli.import_task_modules([SPLITS[split].tasks_module])
-    return tuple(task.name for task in seqio.get_mixture_or_task(TARGET_MIXTURES[split]).tasks)
+    return tuple(task.name for task in seqio.get_mixture_or_task(TARGET_MIXTURES[split]).tasks
+                 if has_enough_examples(task, num_query_sets, num_queries))
 
 
 def transfer_scores_file(split: str) -> str | None:
@@ -70,9 +89,10 @@ def main() -> None:
     try:
         configs = [dataclasses.replace(
             SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
-            targets=split_targets(name, args.targets), transfer_scores=transfer_scores_file(name),
-            batch_size=args.batch_size, pool_cap=300, num_tuples=args.num_tuples,
-            num_query_sets=args.num_query_sets, num_queries=16, num_retrieved=64,
+            targets=split_targets(name, args.targets, args.num_query_sets, NUM_QUERIES),
+            transfer_scores=transfer_scores_file(name), batch_size=args.batch_size, pool_cap=300,
+            num_tuples=args.num_tuples, num_query_sets=args.num_query_sets,
+            num_queries=NUM_QUERIES, num_retrieved=64,
             max_eval_examples=args.max_eval_examples, relearn_epochs=2) for name in args.splits]
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
