@@ -246,7 +246,10 @@ def test_pooler_at_packed_cls_positions_equals_separate_rows():
 def test_query_blocks_keep_each_block_within_the_budget():
     assert bert.query_blocks(64, 12, 256) == 1  # 201 MB of logits: one pass
     assert bert.query_blocks(64, 12, 512) == 4  # 805 MB: blocks of 128 queries
-    assert bert.query_blocks(64, 12, 384) == 2
+    assert bert.query_blocks(8, 12, 512) == 4  # 101 MB, but 512 x 512 logits a row and head
+    assert bert.query_blocks(12, 12, 320) == 2  # blocks of 160 queries
+    assert bert.query_blocks(16, 12, 256) == 1  # 256 x 256: one pass
+    assert bert.query_blocks(64, 12, 384) == 3  # 192 x 384 logits a row and head: too many
     assert bert.query_blocks(1, 1, 7) == 1
 
 

@@ -51,10 +51,14 @@ _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 # Additive bias for padding keys; finite so a fully padded row stays NaN-free.
 _MASKED_BIAS = -1e10
-# Attention logits larger than this are computed a block of queries at a time at inference.
-# Measured on 2 CPU cores, batch 64 x 12 heads: one pass is fastest up to 256 tokens (201 MB of
-# logits); at 512 tokens (805 MB) blocks of 128 queries are 2.6x faster.
+# At inference, self-attention takes the queries a block at a time when its logits would exceed
+# either bound: ATTENTION_BLOCK_BYTES over the batch, or ATTENTION_BLOCK_LOGITS per row and head
+# (queries x keys). Measured on 2 CPU cores, 12 heads: batch 64, one pass is fastest up to 256
+# tokens (201 MB of logits); at 512 tokens blocks of 128 queries are 2.6x faster. With 4096
+# tokens a call (8 rows of 512, 12 of 320, 16 of 256), blocks of 128 queries at 512 tokens are
+# 1.5x faster than one pass and of 160 at 320 1.4x, while at 256 one pass stays best.
 ATTENTION_BLOCK_BYTES = 256 << 20
+ATTENTION_BLOCK_LOGITS = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,9 +270,12 @@ class Embeddings(nn.Module):
 def query_blocks(batch: int, heads: int, length: int) -> int:
     """How many blocks to split the queries of self-attention over `length` tokens into: the
     fewest (a divisor of `length`) that keep one block's float32 logits [batch, heads, block,
-    length] within `ATTENTION_BLOCK_BYTES`."""
+    length] within `ATTENTION_BLOCK_BYTES` and each row and head's [block, length] within
+    `ATTENTION_BLOCK_LOGITS`."""
     for blocks in range(1, length + 1):
-        if length % blocks == 0 and batch * heads * (length // blocks) * length * 4 <= ATTENTION_BLOCK_BYTES:
+        size = length // blocks
+        if (length % blocks == 0 and size * length <= ATTENTION_BLOCK_LOGITS
+                and batch * heads * size * length * 4 <= ATTENTION_BLOCK_BYTES):
             return blocks
     return length
 
