@@ -52,7 +52,6 @@ from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_json_atomic
 from recross_jax.models.bert import BertConfig, BertModel, Dense, load_hf_bert
 from recross_jax.retrieval import packing
-from recross_jax.retrieval.packing import row_lengths
 
 RERANKER_FILE = "reranker.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -223,12 +222,11 @@ class _Scorer:
         self.max_length = max_length
         self.data_size = 1 if mesh is None else mesh.shape["data"]
         self.num_labels = model.num_labels
-        self._max_segments = packing.Packer(max_length, 1).max_segments
 
         def logits(params: Any, batch: dict[str, jax.Array]) -> jax.Array:
             segments, positions = batch["segment_ids"], batch["position_ids"]
             cls_index = packing.segment_starts(segments, positions,
-                                               self._max_segments[segments.shape[1]])
+                                               packing.max_segments(segments.shape[1]))
             return model.apply({"params": params}, batch["input_ids"], batch["token_type_ids"],
                                segments != 0, segment_ids=segments, position_ids=positions,
                                cls_index=cls_index)
@@ -688,7 +686,7 @@ def train_reranker(tuples_path: str, out_dir: str, *,
             state, train_loss = _train_epoch(
                 program.train_step, state, train_pairs, train_labels,
                 epoch_batches(lengths, batch_size, seed, epoch), rows,
-                row_lengths(max_length, min(_TRAIN_BUCKET, max_length)), mesh,
+                packing.row_lengths(max_length, min(_TRAIN_BUCKET, max_length)), mesh,
                 (epoch - 1) * steps_per_epoch, bar)
             dev = dev_metrics(scorer(state.params, dev_pairs, eval_batch_size), dev_labels)
             record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": train_loss,

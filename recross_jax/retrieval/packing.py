@@ -37,6 +37,12 @@ def row_lengths(max_length: int, shortest: int) -> tuple[int, ...]:
     return tuple(lengths) + (max_length,)
 
 
+def max_segments(length: int) -> int:
+    """Texts per row of `length` tokens at most: several in the packed rows, one in longer rows
+    (their texts are longer than half the row); a static bound for the pooling one-hot."""
+    return max(1, length // 8) if length <= PACKED_ROW else 1
+
+
 def pack(lengths: Sequence[int], row_length: int, max_segments: int) -> list[list[int]]:
     """Packs texts into rows by first-fit decreasing.
 
@@ -116,10 +122,7 @@ class Packer:
         self.batch_size = batch_size
         self.data_size = data_size
         self.row_lengths = row_lengths(max_length, PACKED_ROW)
-        # Texts per row at most: several in the packed rows, one in longer rows (their texts
-        # are longer than half the row); a static bound for the pooling one-hot.
-        self.max_segments = {length: max(1, length // 8) if length <= PACKED_ROW else 1
-                             for length in self.row_lengths}
+        self.max_segments = {length: max_segments(length) for length in self.row_lengths}
 
     def batches(self, chunks: Iterable[Chunk]) -> Iterator[Batch]:
         """Batches of `chunks` (in input order): full ones as rows fill up, then the partial
