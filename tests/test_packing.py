@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recross_jax.retrieval.packing import (
     PACKED_ROW,
@@ -74,6 +75,18 @@ def test_batches_hold_every_text_once_laid_out_by_segment():
             shorter = [r for r in packer.row_lengths if r < length]
             assert len(tokens[text_id]) > (shorter[-1] if shorter else 0)
     assert sorted(seen) == list(range(300))
+
+
+@pytest.mark.parametrize("batch_size,data_size", [(64, 1), (64, 2), (8, 2), (3, 1)])
+def test_partial_batches_pad_by_under_an_eighth_and_take_few_shapes(batch_size, data_size):
+    packer = Packer(max_length=512, batch_size=batch_size, data_size=data_size)
+    for length in packer.row_lengths:
+        full = packer.rows_per_call(length)
+        counts = [packer.partial_rows(n, length) for n in range(1, full + 1)]
+        assert all(n <= c <= full and c % data_size == 0 for n, c in enumerate(counts, 1))
+        assert counts[-1] == full and len(set(counts)) <= 8
+        step = -(-full // (8 * data_size)) * data_size
+        assert max(c - n for n, c in enumerate(counts, 1)) < step
 
 
 def test_short_texts_share_rows_and_padding_stays_small():

@@ -117,7 +117,7 @@ def test_short_texts_compile_one_full_and_one_partial_shape(tiny_dir):
     rng = np.random.default_rng(3)
     vectors = embedder.encode([" ".join(rng.choice(WORDS, n)) for n in rng.integers(5, 30, 60)])
     assert np.isfinite(vectors).all()
-    # [2, 64] for the full batches and one power-of-two count for the rows left at the end.
+    # [2, 64] for the full batches and one smaller row count for the rows left at the end.
     assert embedder._embed._cache_size() <= 2  # pylint: disable=protected-access
 
 

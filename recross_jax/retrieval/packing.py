@@ -5,7 +5,8 @@ shortest that holds it. Texts of up to 64 tokens are packed several to a row, ea
 segment id, positions restarting at 0 and attention confined to itself, so every vector is the
 one of the text run alone: padding costs little and short texts keep short attention rows.
 Each encoder call takes about `batch_size * 64` tokens, so a jitted encoder compiles for one full
-batch shape per row length, plus power-of-two row counts for the last, partial batches.
+batch shape per row length, plus at most eight smaller row counts (multiples of an eighth of a
+full batch) for the last, partial batches, whose padding stays under an eighth of a batch.
 
 `run_packed` runs a jitted function over the batches with asynchronous dispatch (the host packs
 the next batch while the device runs the previous ones) and puts its per-text outputs back in
@@ -144,14 +145,19 @@ class Packer:
                     del rows[:full]
         for length, rows in waiting.items():
             if rows:
-                # A power of two of rows bounds the number of shapes compiled for leftovers.
-                count = min(1 << (len(rows) - 1).bit_length(), self.rows_per_call(length))
-                yield self._batch(rows, length, -(-count // self.data_size) * self.data_size)
+                yield self._batch(rows, length, self.partial_rows(len(rows), length))
 
     def rows_per_call(self, length: int) -> int:
         """Rows of a full batch of `length`-token rows."""
         rows = max(1, self.batch_size * PACKED_ROW // length)
         return -(-rows // self.data_size) * self.data_size
+
+    def partial_rows(self, count: int, length: int) -> int:
+        """Rows of the last batch of `length`-token rows holding `count` rows: `count` rounded up
+        to a multiple of an eighth of a full batch (itself a multiple of the data-axis size)."""
+        full = self.rows_per_call(length)
+        step = -(-full // (8 * self.data_size)) * self.data_size
+        return min(-(-count // step) * step, full)
 
     @staticmethod
     def _batch(rows: list[_Row], length: int, num_rows: int) -> Batch:
