@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "tqdm>=4.66",
+    "filelock>=3.12",  # JAX's compilation cache locks with it when it evicts
     "matplotlib==3.11.2",
     "tensorflow==2.20.0",
     "tensorflow-text==2.20.*",

@@ -20,6 +20,15 @@ DEFAULT_TASK_MODULES = ("tasks.bigbench", "tasks.p3", "tasks.jsonl")
 
 CPU_DEVICES_ENV = "RECROSS_CPU_DEVICES"
 
+# Where compiled programs are kept between runs (JAX's persistent compilation cache): a path,
+# or "off"; default `<asset cache>/jax_compilation_cache`.
+COMPILATION_CACHE_ENV = "RECROSS_COMPILATION_CACHE"
+# Programs that compile faster than this are not worth a cache file.
+CACHE_MIN_COMPILE_SECONDS = 0.2
+# Least recently used programs are evicted above this size (eviction also makes JAX lock the
+# cache, so concurrent runs can share it).
+CACHE_MAX_BYTES = 4 << 30
+
 # Subcommands that own their flags: everything after the name goes to `module.main(argv)`.
 PASSTHROUGH = {
     "train": "recross_jax.train",
@@ -123,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         absl_logger.addFilter(_quiet_absl_noise)
     try:
         _use_cpu_devices(os.environ.get(CPU_DEVICES_ENV))
+        use_compilation_cache(os.environ.get(COMPILATION_CACHE_ENV))
         if argv and argv[0] in PASSTHROUGH:
             rest = argv[1:]
             if argv[0] == "reranker":  # `recross reranker train ...`: the only reranker action
@@ -150,6 +160,25 @@ def _use_cpu_devices(value: str | None) -> None:
         raise UserError(f"{CPU_DEVICES_ENV} must be a positive integer, got {value!r}")
     from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
     partitioning.use_cpu_devices(int(value))
+
+
+def use_compilation_cache(value: str | None) -> str | None:
+    """`$RECROSS_COMPILATION_CACHE`: keeps JAX's compiled programs on disk, so a re-run, a
+    resumed stage or the next target's run loads them instead of compiling again (a cold
+    reranker scoring pass: 17.6 s, warm: 11.3 s, of which 7.5 s compute). Returns the
+    directory, or None for "off". It applies to a process's first compile onwards."""
+    if value == "off":
+        return None
+    from recross_jax import assets  # pylint: disable=import-outside-toplevel
+    path = os.path.abspath(os.path.expanduser(
+        value or os.path.join(assets.cache_dir(), "jax_compilation_cache")))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{COMPILATION_CACHE_ENV} is not a directory: {path}")
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return path
 
 
 def import_task_modules(modules: Sequence[str] | None) -> None:

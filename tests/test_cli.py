@@ -129,3 +129,33 @@ def test_cpu_devices_from_the_environment(capsys, monkeypatch):
     lines = result.stdout.splitlines()
     assert lines[0] == "2 4.0"
     assert lines[1].startswith("cannot use 3 CPU devices: JAX already started with 2")
+
+
+def test_compilation_cache_from_the_environment(capsys, monkeypatch, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, str(not_a_dir))
+    code, _, err = run(capsys, "data", "list")
+    assert code == 2 and err == f"recross: error: RECROSS_COMPILATION_CACHE is not a directory: {not_a_dir}\n"
+    assert cli.use_compilation_cache("off") is None
+    # In a fresh process: the default lies in the asset cache, and a compiled program is
+    # written there and read back by the next process instead of being compiled again.
+    script = textwrap.dedent('''
+        import os, jax, jax.numpy as jnp
+        from jax._src import monitoring
+        from recross_jax import cli
+        cli.CACHE_MIN_COMPILE_SECONDS = 0.0
+        hits = []
+        monitoring.register_event_listener(
+            lambda event, **kw: hits.append(event) if event == "/jax/compilation_cache/cache_hits" else None)
+        path = cli.use_compilation_cache(None)
+        print(path == os.path.join(os.environ["RECROSS_CACHE"], "jax_compilation_cache"))
+        print(float(jax.jit(lambda x: jnp.tanh(x) @ x.T)(jnp.ones((4, 4))).sum()), len(hits))
+    ''')
+    env = {**os.environ, "RECROSS_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"}
+    env.pop(cli.COMPILATION_CACHE_ENV)
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           env=env, check=True).stdout.split() for _ in range(2)]
+    assert runs[0][0] == "True" and runs[0][2] == "0"  # a cold cache: everything compiled
+    assert runs[1][:2] == runs[0][:2] and int(runs[1][2]) >= 1  # the same result, from the cache
+    assert os.listdir(tmp_path / "cache" / "jax_compilation_cache")
