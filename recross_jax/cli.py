@@ -147,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             gin_utils.parse_gin_flags(args)
         return int(args.handler(args) or 0)
     except UserError as e:
-        print(f"recross: error: {e}", file=sys.stderr)
+        from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
+        print(f"recross: error: {gin_utils.first_line(e)}", file=sys.stderr)  # gin adds lines
         return 2
 
 

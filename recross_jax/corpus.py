@@ -43,6 +43,15 @@ def get_provider(name: str):
     raise UserError(f"unknown task or mixture: {name!r} (see `recross data list [--mixtures]`)")
 
 
+def load_vocabularies(provider) -> None:
+    """Loads the vocabulary of every output feature of `provider`'s tasks now, on the host: a
+    missing vocabulary file is then its own UserError rather than a TensorFlow StagingError
+    raised from inside the traced tokenize map of a dataset."""
+    for task in getattr(provider, "tasks", [provider]):
+        for feature in task.output_features.values():
+            _ = feature.vocabulary.vocab_size
+
+
 def tasks_of(name: str) -> list:
     """The tasks of a mixture, or the task itself as a one-element list."""
     provider = get_provider(name)
@@ -53,6 +62,7 @@ def iter_examples(task, split: str) -> Iterator[dict]:
     """Tokenized examples of one task's split as Python values (strings decoded, ids as lists)."""
     if split not in task.splits:
         raise UserError(f"task {task.name!r} has no split {split!r} (it has: {', '.join(task.splits)})")
+    load_vocabularies(task)
     dataset = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False)
     for example in dataset.as_numpy_iterator():
         yield {key: _to_python(value) for key, value in example.items()}

@@ -21,7 +21,7 @@ import gin
 import numpy as np
 from jax.sharding import Mesh
 
-from recross_jax import checkpoints, gin_utils, inference, metrics, partitioning
+from recross_jax import checkpoints, corpus, gin_utils, inference, metrics, partitioning
 from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_json_atomic
 from recross_jax.models.t5 import T5Config, Transformer
@@ -77,6 +77,7 @@ def load_examples(task_name: str, split: str, *, max_examples: int | None = None
     if split not in task.splits:
         raise UserError(f"task {task_name!r} has no split {split!r} (splits: "
                         f"{', '.join(task.splits)})")
+    corpus.load_vocabularies(task)
     vocabulary = task.output_features["targets"].vocabulary
     dataset = task.get_dataset(
         sequence_length={"inputs": max_input_length, "targets": max_target_length},

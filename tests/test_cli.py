@@ -159,3 +159,22 @@ def test_compilation_cache_from_the_environment(capsys, monkeypatch, tmp_path):
     assert runs[0][0] == "True" and runs[0][2] == "0"  # a cold cache: everything compiled
     assert runs[1][:2] == runs[0][:2] and int(runs[1][2]) >= 1  # the same result, from the cache
     assert os.listdir(tmp_path / "cache" / "jax_compilation_cache")
+
+
+def test_missing_vocabulary_is_one_line_exit_2_before_any_dataset_is_traced(
+        capsys, tasks_module, monkeypatch, tmp_path):
+    from recross_jax import data, evaluate  # pylint: disable=import-outside-toplevel
+    from recross_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+    from tasks import vocab  # pylint: disable=import-outside-toplevel
+    missing = tmp_path / "missing.model"
+    monkeypatch.setenv("RECROSS_VOCAB", str(missing))
+    # The project vocabulary loads its file once per process: forget it for this test.
+    monkeypatch.delitem(vocab.VOCABULARY.__dict__, "_vocab", raising=False)
+    code, _, err = run(capsys, "data", "show", "clitiny_mix", "-n", "1", "--tasks_module", tasks_module)
+    assert code == 2 and err.startswith(f"recross: error: vocabulary file not found: {missing} (run")
+    assert err.count("\n") == 1
+    # The evaluation and training pipelines raise it too (not TensorFlow's StagingError).
+    with pytest.raises(UserError, match="vocabulary file not found"):
+        evaluate.load_examples("clitiny.parity", "train")
+    with pytest.raises(UserError, match="vocabulary file not found"):
+        data.get_dataset("clitiny_mix", "train", 2, {"inputs": 16, "targets": 4})
