@@ -64,7 +64,7 @@ def tokenize_rows(rows: Sequence[dict], vocabulary: Any, max_input_length: int =
 def padded_shape(pairs: Sequence[TokenPair], batch_size: int, mesh) -> tuple[int, int, int]:
     """(rows, input length, target length) of every batch over `pairs` on `mesh`."""
     data = mesh.shape["data"] if mesh is not None else 1
-    rows = -(-batch_size // data) * data
+    rows = partitioning.round_up(batch_size, data)
     return (rows, _bucket(max(len(p[0]) for p in pairs)), _bucket(max(len(p[1]) for p in pairs)))
 
 

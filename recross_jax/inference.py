@@ -304,7 +304,7 @@ def _batch_rows(n: int, batch_size: int, mesh: Mesh, rules: tuple) -> int:
     sharding = partitioning.batch_sharding(mesh, rules)
     shards = mesh.size // sharding.shard_shape((mesh.size,))[0]
     rows = min(bucket(n, 1), batch_size)
-    return -(-rows // shards) * shards
+    return partitioning.round_up(rows, shards)
 
 
 def _run(fn: Callable, model: nn.Module, params: Params, arrays: Sequence[np.ndarray], *,

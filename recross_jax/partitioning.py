@@ -59,6 +59,11 @@ def logical_axis_rules(extra_rules: LogicalRules | None = None,
     return tuple(tuple(rule) for rule in (extra_rules or ())) + tuple(base)
 
 
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= `value` (e.g. rows for the data axis)."""
+    return -(-value // multiple) * multiple
+
+
 def use_cpu_devices(count: int) -> None:
     """Splits the host CPU into `count` JAX devices (call before JAX first touches a device).
 

@@ -207,10 +207,6 @@ def _layout(encoded: Sequence[Encoded], positions: np.ndarray, rows: int, length
     return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 class _Scorer:
     """Jitted logits of many tokenized pairs, packed into length-bucketed rows
     (`retrieval.packing`): short pairs several to a row, each attending only to itself with
@@ -677,7 +673,7 @@ def train_reranker(tuples_path: str, out_dir: str, *,
 
     scorer = program.scorer
     lengths = np.array([len(ids) for ids, _ in train_pairs], np.int64)
-    rows = _round_up(batch_size, mesh.shape["data"])
+    rows = partitioning.round_up(batch_size, mesh.shape["data"])
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=total_steps, initial=len(history) * steps_per_epoch, desc="reranker",
                unit="step", disable=not progress)

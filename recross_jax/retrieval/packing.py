@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recross_jax.partitioning import round_up
+
 # The shortest row, into which short texts are packed; `batch_size` counts rows of this length.
 PACKED_ROW = 64
 
@@ -150,14 +152,14 @@ class Packer:
     def rows_per_call(self, length: int) -> int:
         """Rows of a full batch of `length`-token rows."""
         rows = max(1, self.batch_size * PACKED_ROW // length)
-        return -(-rows // self.data_size) * self.data_size
+        return round_up(rows, self.data_size)
 
     def partial_rows(self, count: int, length: int) -> int:
         """Rows of the last batch of `length`-token rows holding `count` rows: `count` rounded up
         to a multiple of an eighth of a full batch (itself a multiple of the data-axis size)."""
         full = self.rows_per_call(length)
-        step = -(-full // (8 * self.data_size)) * self.data_size
-        return min(-(-count // step) * step, full)
+        step = round_up(-(-full // 8), self.data_size)
+        return min(round_up(count, step), full)
 
     @staticmethod
     def _batch(rows: list[_Row], length: int, num_rows: int) -> Batch:
