@@ -175,6 +175,11 @@ def use_compilation_cache(value: str | None) -> str | None:
         value or os.path.join(assets.cache_dir(), "jax_compilation_cache")))
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{COMPILATION_CACHE_ENV} is not a directory: {path}")
+    try:  # now, or JAX would only warn at every compile and run without it
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the {COMPILATION_CACHE_ENV} directory {path}: "
+                        f"{e.strerror}") from None
     import jax  # pylint: disable=import-outside-toplevel
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)

@@ -137,6 +137,10 @@ def test_compilation_cache_from_the_environment(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, str(not_a_dir))
     code, _, err = run(capsys, "data", "list")
     assert code == 2 and err == f"recross: error: RECROSS_COMPILATION_CACHE is not a directory: {not_a_dir}\n"
+    monkeypatch.setenv(cli.COMPILATION_CACHE_ENV, str(not_a_dir / "below"))
+    code, _, err = run(capsys, "data", "list")
+    assert code == 2 and err == (f"recross: error: cannot create the RECROSS_COMPILATION_CACHE "
+                                 f"directory {not_a_dir / 'below'}: Not a directory\n")
     assert cli.use_compilation_cache("off") is None
     # In a fresh process: the default lies in the asset cache, and a compiled program is
     # written there and read back by the next process instead of being compiled again.
