@@ -199,46 +199,45 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                         length_normalize, decode)
     records = []
     jobs = [(t, m, q) for t in targets for m in methods for q in range(num_query_sets)]
-    bar = tqdm(total=len(jobs), desc="generalize", unit="run", disable=not progress)
-    for target in targets:
-        examples, pipeline.vocabulary = evaluate.load_examples(
-            target, eval_split, max_examples=max_eval_examples, max_input_length=max_input_length,
-            max_target_length=max_target_length)
-        query_sets = draw_query_sets(target_rows(target, query_split), {e.inputs for e in examples},
-                                     num_query_sets, num_queries, seed)
-        base_metrics = None
-        for method in methods:
-            for query_set in query_sets:
-                path = os.path.join(out_dir, "runs", target, method, f"query_set_{query_set.index}.json")
-                if os.path.isfile(path):
-                    records.append(_read_json(path))
+    with tqdm(total=len(jobs), desc="generalize", unit="run", disable=not progress) as bar:
+        for target in targets:
+            examples, pipeline.vocabulary = evaluate.load_examples(
+                target, eval_split, max_examples=max_eval_examples, max_input_length=max_input_length,
+                max_target_length=max_target_length)
+            query_sets = draw_query_sets(target_rows(target, query_split), {e.inputs for e in examples},
+                                         num_query_sets, num_queries, seed)
+            base_metrics = None
+            for method in methods:
+                for query_set in query_sets:
+                    path = os.path.join(out_dir, "runs", target, method, f"query_set_{query_set.index}.json")
+                    if os.path.isfile(path):
+                        records.append(_read_json(path))
+                        bar.update()
+                        continue
+                    bar.set_postfix_str(f"{target} {method} q{query_set.index}")
+                    record = {"target": target, "method": method, "query_set": query_set.index,
+                              "seed": seed, "query_ids": [r["example_id"] for r in query_set.rows],
+                              "num_test_examples": len(examples), "time": {}}
+                    if method == "base":
+                        start = time.perf_counter()
+                        base_metrics = base_metrics or pipeline.evaluate(pipeline.params, examples)
+                        record.update(metrics=base_metrics, retrieved_ids=[], retrieved_tasks=[])
+                        record["time"]["evaluate"] = time.perf_counter() - start
+                    else:
+                        record["run_seed"] = run_seed(seed, target, query_set.index)
+                        # The target is unseen by definition: its own examples are never retrieved,
+                        # even from a pool that holds them.
+                        record.update(_run_method(pipeline, method, query_set, examples, num_retrieved,
+                                                  upsample_ratio, aggregation, (*exclude_tasks, target),
+                                                  record["run_seed"]))
+                    record["config"] = {"num_queries": num_queries, "num_retrieved": num_retrieved,
+                                        "upsample_ratio": upsample_ratio, "aggregation": aggregation,
+                                        "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
+                                        "finetune": dataclasses.asdict(finetune_config),
+                                        "model_dir": os.path.abspath(model_dir)}
+                    write_json_atomic(path, record)
+                    records.append(record)
                     bar.update()
-                    continue
-                bar.set_postfix_str(f"{target} {method} q{query_set.index}")
-                record = {"target": target, "method": method, "query_set": query_set.index,
-                          "seed": seed, "query_ids": [r["example_id"] for r in query_set.rows],
-                          "num_test_examples": len(examples), "time": {}}
-                if method == "base":
-                    start = time.perf_counter()
-                    base_metrics = base_metrics or pipeline.evaluate(pipeline.params, examples)
-                    record.update(metrics=base_metrics, retrieved_ids=[], retrieved_tasks=[])
-                    record["time"]["evaluate"] = time.perf_counter() - start
-                else:
-                    record["run_seed"] = run_seed(seed, target, query_set.index)
-                    # The target is unseen by definition: its own examples are never retrieved,
-                    # even from a pool that holds them.
-                    record.update(_run_method(pipeline, method, query_set, examples, num_retrieved,
-                                              upsample_ratio, aggregation, (*exclude_tasks, target),
-                                              record["run_seed"]))
-                record["config"] = {"num_queries": num_queries, "num_retrieved": num_retrieved,
-                                    "upsample_ratio": upsample_ratio, "aggregation": aggregation,
-                                    "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
-                                    "finetune": dataclasses.asdict(finetune_config),
-                                    "model_dir": os.path.abspath(model_dir)}
-                write_json_atomic(path, record)
-                records.append(record)
-                bar.update()
-    bar.close()
     return records
 
 

@@ -746,46 +746,45 @@ def _loop(state: TrainState, step: int, train_steps: int, train_step: Callable,
     """Steps from `step` to `train_steps`, checking each loss one step late (so the host
     never stalls the device queue) and saving, logging and evaluating on schedule."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    bar = tqdm(total=train_steps, initial=step, desc="train", unit="step", disable=not progress)
-    pending: tuple[int, dict, int] | None = None  # (step, device metrics, its tokens)
-    window_tokens, window_start = 0, time.perf_counter()
+    with tqdm(total=train_steps, initial=step, desc="train", unit="step", disable=not progress) as bar:
+        pending: tuple[int, dict, int] | None = None  # (step, device metrics, its tokens)
+        window_tokens, window_start = 0, time.perf_counter()
 
-    def settle(done_step: int, device_metrics: dict, tokens: int) -> None:
-        nonlocal window_tokens, window_start
-        metrics = _to_host(device_metrics)
-        check_finite(done_step, metrics)
-        window_tokens += tokens
-        if done_step % log_period == 0 or done_step == train_steps:
-            elapsed = time.perf_counter() - window_start
-            metrics["tokens_per_second"] = window_tokens / max(elapsed, 1e-9)
-            log.write(done_step, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                            tok_s=f"{metrics['tokens_per_second']:.0f}")
-            window_tokens, window_start = 0, time.perf_counter()
+        def settle(done_step: int, device_metrics: dict, tokens: int) -> None:
+            nonlocal window_tokens, window_start
+            metrics = _to_host(device_metrics)
+            check_finite(done_step, metrics)
+            window_tokens += tokens
+            if done_step % log_period == 0 or done_step == train_steps:
+                elapsed = time.perf_counter() - window_start
+                metrics["tokens_per_second"] = window_tokens / max(elapsed, 1e-9)
+                log.write(done_step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                                tok_s=f"{metrics['tokens_per_second']:.0f}")
+                window_tokens, window_start = 0, time.perf_counter()
 
-    while step < train_steps:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            raise UserError(f"training data ran out at step {step} of {train_steps}; use a "
-                            "repeating dataset") from None
-        state, metrics = train_step(state, put_batch(batch, mesh))
-        step += 1
+        while step < train_steps:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise UserError(f"training data ran out at step {step} of {train_steps}; use a "
+                                "repeating dataset") from None
+            state, metrics = train_step(state, put_batch(batch, mesh))
+            step += 1
+            if pending is not None:
+                settle(*pending)
+            pending = (step, metrics, count_tokens(batch))
+            bar.update(1)
+            at_end = step == train_steps
+            if step % checkpoint_period == 0 or at_end or (eval_period and step % eval_period == 0):
+                settle(*pending)  # never save or evaluate a diverged state
+                pending = None
+            if step % checkpoint_period == 0 or at_end:
+                _save_state(manager, step, state)
+            if (eval_period and step % eval_period == 0) or at_end:
+                eval_metrics = run_eval(state.params)
+                if eval_metrics is not None:
+                    log.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
         if pending is not None:
             settle(*pending)
-        pending = (step, metrics, count_tokens(batch))
-        bar.update(1)
-        at_end = step == train_steps
-        if step % checkpoint_period == 0 or at_end or (eval_period and step % eval_period == 0):
-            settle(*pending)  # never save or evaluate a diverged state
-            pending = None
-        if step % checkpoint_period == 0 or at_end:
-            _save_state(manager, step, state)
-        if (eval_period and step % eval_period == 0) or at_end:
-            eval_metrics = run_eval(state.params)
-            if eval_metrics is not None:
-                log.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-    if pending is not None:
-        settle(*pending)
-    bar.close()
     return state

@@ -62,6 +62,15 @@ def test_killed_build_resumes_from_last_complete_shard(tmp_path):
     assert not [f for f in os.listdir(resumed_dir) if f.startswith(".tmp")]
 
 
+def test_failed_build_closes_its_progress_bar_so_the_error_starts_a_line(tmp_path, capsys):
+    try:
+        embed.build_pool(rows(11), HashEmbedder(fail_after_calls=2), str(tmp_path), shard_size=3,
+                         progress=True, total=11)
+    except KeyboardInterrupt:  # read while the traceback still holds the bar, as the CLI does
+        err = capsys.readouterr().err
+    assert "6/11" in err and err.endswith("\n")
+
+
 def test_other_embedder_and_expectations_refused(tmp_path):
     embed.build_pool(rows(5), HashEmbedder(), str(tmp_path), shard_size=4, progress=False)
     with pytest.raises(UserError, match="another embedder"):

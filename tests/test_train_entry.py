@@ -183,3 +183,15 @@ def test_upstream_gin_binds_the_mini_model_on_bigbench():
         assert (model.emb_dim, model.num_encoder_layers, model.vocab_size) == (256, 4, 8192)
     finally:
         gin.clear_config()
+
+
+def test_diverged_run_ends_its_progress_bar_before_the_one_line_error(experiment, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setenv("RECROSS_VOCAB", TEST_VOCAB)
+    argv = [f"--gin_file={experiment / 'toy.gin'}", f"--gin.MODEL_DIR='{experiment / 'nan'}'",
+            "--gin.LEARNING_RATE=1e999"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    bar, message = err.rstrip("\n").rsplit("\n", 1)
+    assert "train:" in bar and "/3" in bar
+    assert message.startswith("recross train: error: non-finite training loss at step "), err

@@ -233,12 +233,18 @@ def test_gradient_accumulation_equals_big_batch(tiny_params, sgd_step):
         training.make_train_step(model, optimizer, num_microbatches=3, jit=False)(state, batch)
 
 
-def test_nan_guard_names_step_and_loss(tiny_params, sgd_step):
+def test_nan_guard_names_step_and_loss(tiny_params, sgd_step, capsys):
     state = training.TrainState.create(jax.tree.map(jnp.copy, tiny_params), optax.sgd(1.0))
     batches = [make_batch(0), make_batch(1)]
     batches[1]["decoder_loss_weights"] = batches[1]["decoder_loss_weights"] * np.float32("nan")
     with pytest.raises(training.NonFiniteLossError, match=r"at step 2: loss=nan"):
         training.fit(state, sgd_step, batches)
+    state = training.TrainState.create(jax.tree.map(jnp.copy, tiny_params), optax.sgd(1.0))
+    try:
+        training.fit(state, sgd_step, batches, num_steps=2, progress=True)
+    except training.NonFiniteLossError:  # read while the traceback holds the bar, as the CLI does
+        err = capsys.readouterr().err
+    assert "1/2" in err and err.endswith("\n")  # so the CLI's error line starts a line
     with pytest.raises(training.NonFiniteLossError, match="at step 7: grad_norm=inf"):
         training.check_finite(7, {"loss": 1.0, "grad_norm": math.inf})
     training.check_finite(8, {"loss": 1.0, "grad_norm": 2.0})

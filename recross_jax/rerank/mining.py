@@ -403,10 +403,10 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
     if on_start is not None:
         on_start(directory)
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    bar = tqdm(total=num_tuples, initial=min(len(done), num_tuples), desc="mine", unit="tuple",
-               disable=not progress)
-    rounds = tqdm(total=num_rounds, desc="rounds", leave=False, disable=not progress)
-    with open(out, "a", encoding="utf-8") as f:
+    with (tqdm(total=num_tuples, initial=min(len(done), num_tuples), desc="mine", unit="tuple",
+               disable=not progress) as bar,
+          tqdm(total=num_rounds, desc="rounds", leave=False, disable=not progress) as rounds,
+          open(out, "a", encoding="utf-8") as f):
         for index in range(len(done), num_tuples):
             rounds.reset()
             record = miner.tuple(index, on_round=lambda: rounds.update(1))
@@ -415,8 +415,6 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
             os.fsync(f.fileno())
             done.append(record)
             bar.update(1)
-    rounds.close()
-    bar.close()
     return done
 
 

@@ -55,19 +55,18 @@ def build_pool(rows: Iterable[dict], embedder: Embedder, out_dir: str, shard_siz
         raise UserError(f"shard_size must be positive, got {shard_size}")
     manifest = _start_or_resume(out_dir, embedder.description)
     done = manifest["count"]
-    bar = tqdm(total=total, initial=done, desc="embedding", unit="ex", disable=not progress)
-    for shard_rows in _chunks(itertools.islice(rows, done, None), shard_size):
-        vectors = np.asarray(embedder(shard_rows), dtype=np.float32)
-        if vectors.shape[0] != len(shard_rows) or vectors.ndim != 2:
-            raise ValueError(f"embedder returned {vectors.shape} for {len(shard_rows)} rows")
-        index = len(manifest["shards"])
-        _write_shard(out_dir, index, shard_rows, vectors)
-        manifest["shards"].append({"index": index, "count": len(shard_rows)})
-        manifest["count"] += len(shard_rows)
-        manifest["dims"] = int(vectors.shape[1])
-        write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
-        bar.update(len(shard_rows))
-    bar.close()
+    with tqdm(total=total, initial=done, desc="embedding", unit="ex", disable=not progress) as bar:
+        for shard_rows in _chunks(itertools.islice(rows, done, None), shard_size):
+            vectors = np.asarray(embedder(shard_rows), dtype=np.float32)
+            if vectors.shape[0] != len(shard_rows) or vectors.ndim != 2:
+                raise ValueError(f"embedder returned {vectors.shape} for {len(shard_rows)} rows")
+            index = len(manifest["shards"])
+            _write_shard(out_dir, index, shard_rows, vectors)
+            manifest["shards"].append({"index": index, "count": len(shard_rows)})
+            manifest["count"] += len(shard_rows)
+            manifest["dims"] = int(vectors.shape[1])
+            write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
+            bar.update(len(shard_rows))
     manifest["complete"] = True
     write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
     return manifest
