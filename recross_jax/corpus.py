@@ -6,7 +6,10 @@ CLI does that by name), so nothing here imports `tasks/`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import os
+import sys
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -43,10 +46,36 @@ def get_provider(name: str):
     raise UserError(f"unknown task or mixture: {name!r} (see `recross data list [--mixtures]`)")
 
 
-def load_vocabularies(provider) -> None:
-    """Loads the vocabulary of every output feature of `provider`'s tasks now, on the host: a
-    missing vocabulary file is then its own UserError rather than a TensorFlow StagingError
-    raised from inside the traced tokenize map of a dataset."""
+@functools.cache
+def keep_tensorflow_on_host() -> None:
+    """Hides GPUs from TensorFlow, as T5X does: tf.data runs on the host, and a TensorFlow GPU
+    context would take most of the accelerator's memory from JAX. Call it before TensorFlow runs
+    an op (later, its devices are fixed and this changes nothing).
+
+    TensorFlow's device probe logs "failed call to cuInit" at ERROR level on a machine without
+    a CUDA driver, on stderr's file descriptor; as TensorFlow gets no GPU either way, that line
+    is discarded.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow's devices were initialized before this call
+        pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def prepare_datasets(provider) -> None:
+    """Host-side setup before a dataset of `provider` is built: TensorFlow kept off the
+    accelerators, and the vocabulary of every output feature of its tasks loaded now, so that a
+    missing vocabulary file is its own UserError rather than a TensorFlow StagingError raised
+    from inside the traced tokenize map of a dataset."""
+    keep_tensorflow_on_host()
     for task in getattr(provider, "tasks", [provider]):
         for feature in task.output_features.values():
             _ = feature.vocabulary.vocab_size
@@ -62,7 +91,7 @@ def iter_examples(task, split: str) -> Iterator[dict]:
     """Tokenized examples of one task's split as Python values (strings decoded, ids as lists)."""
     if split not in task.splits:
         raise UserError(f"task {task.name!r} has no split {split!r} (it has: {', '.join(task.splits)})")
-    load_vocabularies(task)
+    prepare_datasets(task)
     dataset = task.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False)
     for example in dataset.as_numpy_iterator():
         yield {key: _to_python(value) for key, value in example.items()}

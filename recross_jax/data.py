@@ -73,7 +73,7 @@ def get_dataset(mixture_or_task: str, split: str, batch_size: int,
     if split not in provider.splits:
         raise UserError(f"{mixture_or_task!r} has no split {split!r} (has "
                         f"{', '.join(provider.splits)})")
-    corpus.load_vocabularies(provider)
+    corpus.prepare_datasets(provider)
     dataset = seqio.get_dataset(
         provider, task_feature_lengths=lengths,
         feature_converter=seqio.EncDecFeatureConverter(pack=pack), dataset_split=split,

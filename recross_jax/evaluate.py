@@ -77,7 +77,7 @@ def load_examples(task_name: str, split: str, *, max_examples: int | None = None
     if split not in task.splits:
         raise UserError(f"task {task_name!r} has no split {split!r} (splits: "
                         f"{', '.join(task.splits)})")
-    corpus.load_vocabularies(task)
+    corpus.prepare_datasets(task)
     vocabulary = task.output_features["targets"].vocabulary
     dataset = task.get_dataset(
         sequence_length={"inputs": max_input_length, "targets": max_target_length},

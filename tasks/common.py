@@ -13,7 +13,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from recross_jax.corpus import keep_tensorflow_on_host
 from tasks.vocab import VOCABULARY
+
+keep_tensorflow_on_host()  # before any task's pipeline runs a TensorFlow op
 
 SPLITS = ("train", "validation", "test")
 TEXT_FIELDS = ("inputs", "targets", "task", "template", "example_id")

@@ -1,8 +1,10 @@
 """Tests of recross_jax.data on tiny in-memory SeqIO tasks (seqio's test vocabulary)."""
 from __future__ import annotations
 
+import functools
 import itertools
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +137,22 @@ def test_bad_arguments_fail_at_the_call(kwargs, message):
                 sequence_length=LENGTHS)
     with pytest.raises(UserError, match=message):
         data.get_dataset_iterator(**{**args, **kwargs})
+
+
+def test_tensorflow_is_kept_off_gpus_before_a_dataset_is_built(monkeypatch, capfd):
+    import tensorflow as tf
+    calls = []
+
+    def set_visible_devices(devices, device_type):
+        os.write(2, b"failed call to cuInit\n")  # TensorFlow's probe writes to the descriptor
+        calls.append((list(devices), device_type))
+
+    monkeypatch.setattr(tf.config, "set_visible_devices", set_visible_devices)
+    monkeypatch.setattr(data.corpus, "keep_tensorflow_on_host",
+                        functools.cache(data.corpus.keep_tensorflow_on_host.__wrapped__))
+    print("before", file=sys.stderr)
+    next(data.get_dataset_iterator("toy_data.a", "train", 4, LENGTHS))
+    data.get_dataset_iterator("toy_data.b", "train", 4, LENGTHS)
+    print("after", file=sys.stderr)
+    assert calls == [([], "GPU")]  # once per process
+    assert capfd.readouterr().err == "before\nafter\n"
