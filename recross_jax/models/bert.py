@@ -247,6 +247,11 @@ def _constrain(x: Array) -> Array:
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+def _constrain_tokens(x: Array) -> Array:
+    """Constrains [batch * length, features] hidden states, flattened with batch outermost."""
+    return nn.with_logical_constraint(x, ("batch", "embed"))
+
+
 class Embeddings(nn.Module):
     """Word + absolute position + token type embeddings, then layer norm and dropout."""
 
@@ -281,22 +286,24 @@ def query_blocks(batch: int, heads: int, length: int) -> int:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with 1/sqrt(head_dim) scaling.
+    """Multi-head self-attention with 1/sqrt(head_dim) scaling, over flattened hidden states.
 
-    `bias` is float32 [batch, 1, 1 or length, length]: 0 where a query may attend to a key,
-    a large negative number where not.
+    `tokens` is [batch * length, hidden] (rows outermost); `bias` is float32 [batch, 1, 1 or
+    length, length]: 0 where a query may attend to a key, a large negative number where not.
+    Returns [batch * length, hidden].
     """
 
     config: BertConfig
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
+    def __call__(self, tokens: Array, bias: Array, *, deterministic: bool) -> Array:
         cfg = self.config
         dtype = cfg.activation_dtype
+        batch, length = bias.shape[0], bias.shape[-1]
 
         def project(name: str) -> Array:
-            y = Dense(cfg.hidden_size, ("embed", "joined_kv"), dtype, name=name)(x)
-            y = y.reshape(*x.shape[:-1], cfg.num_attention_heads, cfg.head_dim)
+            y = Dense(cfg.hidden_size, ("embed", "joined_kv"), dtype, name=name)(tokens)
+            y = y.reshape(batch, length, cfg.num_attention_heads, cfg.head_dim)
             return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
         query, key, value = project("query"), project("key"), project("value")
@@ -314,7 +321,6 @@ class SelfAttention(nn.Module):
             weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
             return weights, weights.sum(axis=-1, keepdims=True)
 
-        batch, length = x.shape[:2]
         blocks = 1 if not deterministic else query_blocks(batch, cfg.num_attention_heads, length)
         if blocks == 1:
             weights, total = softmax_parts(query, bias)
@@ -338,12 +344,12 @@ class SelfAttention(nn.Module):
             out = out.transpose(1, 2, 0, 3, 4).reshape(batch, cfg.num_attention_heads, length, -1)
         out = out.transpose(0, 2, 1, 3)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        out = out.reshape(*x.shape[:-1], cfg.hidden_size)
+        out = out.reshape(batch * length, cfg.hidden_size)
         return Dense(cfg.hidden_size, ("joined_kv", "embed"), dtype, name="out")(out)
 
 
 class Mlp(nn.Module):
-    """Feed-forward block: Dense → activation → Dense."""
+    """Feed-forward block: Dense → activation → Dense, on [batch * length, hidden]."""
 
     config: BertConfig
 
@@ -353,12 +359,13 @@ class Mlp(nn.Module):
         hidden = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg.activation_dtype,
                        name="wi")(x)
         hidden = nn.with_logical_constraint(_ACTIVATIONS[cfg.hidden_act](hidden),
-                                            ("batch", "length", "mlp"))
+                                            ("batch", "mlp"))
         return Dense(cfg.hidden_size, ("mlp", "embed"), cfg.activation_dtype, name="wo")(hidden)
 
 
 class Layer(nn.Module):
-    """One post-LN encoder layer: x = LN(x + Attn(x)); x = LN(x + Mlp(x))."""
+    """One post-LN encoder layer over [batch * length, hidden]: x = LN(x + Attn(x));
+    x = LN(x + Mlp(x))."""
 
     config: BertConfig
 
@@ -369,10 +376,10 @@ class Layer(nn.Module):
         y = SelfAttention(cfg, name="attention")(x, bias, deterministic=deterministic)
         x = LayerNorm(cfg.layer_norm_eps, cfg.activation_dtype, name="attention_layer_norm")(
             x + dropout(y, deterministic=deterministic))
-        y = Mlp(cfg, name="mlp")(_constrain(x))
+        y = Mlp(cfg, name="mlp")(_constrain_tokens(x))
         x = LayerNorm(cfg.layer_norm_eps, cfg.activation_dtype, name="mlp_layer_norm")(
             x + dropout(y, deterministic=deterministic))
-        return _constrain(x)
+        return _constrain_tokens(x)
 
 
 class BertModel(nn.Module):
@@ -427,8 +434,13 @@ class BertModel(nn.Module):
         bias = jnp.where(mask, 0.0, _MASKED_BIAS).astype(jnp.float32)
         x = Embeddings(cfg, name="embeddings")(input_ids, position_ids, token_type_ids,
                                                deterministic=deterministic)
+        # The layers work on [batch * length, hidden]: XLA's CPU elementwise fusions (GELU,
+        # residuals, layer norms) around the matmuls run faster over 2-D arrays (a MiniLM
+        # layer on 16 x 256 tokens: 96 vs 103 ms).
+        tokens = x.reshape(-1, cfg.hidden_size)
         for i in range(cfg.num_hidden_layers):
-            x = Layer(cfg, name=f"layers_{i}")(x, bias, deterministic=deterministic)
+            tokens = Layer(cfg, name=f"layers_{i}")(tokens, bias, deterministic=deterministic)
+        x = _constrain(tokens.reshape(x.shape))
         pooled = None
         if self.with_pooler:
             first = (x[:, 0] if cls_index is None
