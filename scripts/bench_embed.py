@@ -16,6 +16,10 @@ is `retrieval.embed.T5EncoderEmbedder`, theirs `T5EncoderModel`.
     python scripts/bench_embed.py --n 2000 --batch_size 64 --max_length 256 --cores 2
     python scripts/bench_embed.py --model t5-small --n 2000
     python scripts/bench_embed.py --texts pool.jsonl   # real texts: JSONL with "inputs", or lines
+    python scripts/bench_embed.py --dtype bfloat16     # both sides' activations in bfloat16
+
+`--dtype bfloat16` computes both sides' activations in bfloat16: ours with float32 parameters
+cast at each product (accumulated in float32), PyTorch's model converted with `.to(bfloat16)`.
 
 Needs torch and transformers (the test extra). Prints one line per side, the speed ratio and
 the agreement (min cosine) of the two sets of vectors.
@@ -23,6 +27,7 @@ the agreement (min cosine) of the two sets of vectors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -97,12 +102,14 @@ def run_jax(texts: list[str], args: argparse.Namespace
     if args.model == "minilm":
         from recross_jax.retrieval.sentence import SentenceEmbedder
         embedder = SentenceEmbedder.from_minilm(max_length=args.max_length, batch_size=args.batch_size,
-                                                progress=False, mesh=partitioning.create_mesh())
+                                                dtype=args.dtype, progress=False,
+                                                mesh=partitioning.create_mesh())
         encode = embedder.encode
     else:
         from recross_jax import importers
         from recross_jax.retrieval.embed import T5EncoderEmbedder
         config, params = importers.import_hf_t5(args.hf_dir)
+        config = dataclasses.replace(config, dtype=args.dtype)
         embedder = T5EncoderEmbedder(config, params, lambda t: word_ids(t, config.vocab_size),
                                      EOS_ID, {}, max_length=args.max_length,
                                      batch_size=args.batch_size)
@@ -139,6 +146,8 @@ def run_torch(texts: list[str], args: argparse.Namespace, threads: int
                 tokens[i, :len(row)] = torch.tensor(row)
             return {"input_ids": tokens, "attention_mask": (tokens != 0).long()}
 
+    model = model.to(getattr(torch, args.dtype))
+
     def encode() -> np.ndarray:
         order = np.argsort([-len(t) for t in texts], kind="stable")  # as sentence-transformers
         out = np.zeros((len(texts), model.config.hidden_size), np.float32)
@@ -151,7 +160,7 @@ def run_torch(texts: list[str], args: argparse.Namespace, threads: int
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                 if args.model == "minilm":
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[rows] = pooled.numpy()
+                out[rows] = pooled.float().numpy()
         return out
 
     warmup = _timed(encode)[0]
@@ -196,6 +205,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--devices", type=int, default=1,
                         help="JAX CPU devices of our side (e.g. one per core; batches sharded over them)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="activation dtype of both sides")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -226,7 +237,8 @@ def main() -> None:
     cosine = ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min()
     print(f"speed ratio ours/PyTorch: {results['torch']['wall'] / results['jax']['wall']:.2f}x "
           f"wall, {results['torch']['cpu'] / results['jax']['cpu']:.2f}x CPU time ({args.model}, n={n}, "
-          f"batch_size={args.batch_size}, max_length={args.max_length}, cores={cores}); "
+          f"batch_size={args.batch_size}, max_length={args.max_length}, cores={cores}, "
+          f"{args.dtype}); "
           f"min cosine {cosine:.6f}")
 
 if __name__ == "__main__":

@@ -208,7 +208,9 @@ class Dense(nn.Module):
                         self.kernel_axes)
         bias = _param(self, "bias", nn.initializers.zeros, (self.features,),
                       (self.kernel_axes[1],))
-        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
+                    preferred_element_type=jnp.float32)  # see t5.Dense
+        return (y + bias).astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -307,26 +309,32 @@ class SelfAttention(nn.Module):
             return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
         query, key, value = project("query"), project("key"), project("value")
-        # Logits and softmax in float32: bf16 logits lose the small differences that matter.
+        # Both products take activation-dtype operands and accumulate in float32 (see t5.Dense);
+        # logits and softmax are float32: bf16 logits lose the small differences that matter.
         # Scaling the queries rather than the logits costs length/head_dim times less.
-        query = query.astype(jnp.float32) * (1.0 / math.sqrt(cfg.head_dim))
-        key = key.astype(jnp.float32)
+        query = (query.astype(jnp.float32) * (1.0 / math.sqrt(cfg.head_dim))).astype(dtype)
         # Values laid out [b, h, k, d], and the softmax normalised after the product with them
         # (dividing [.., q, d] rather than [.., q, k]): on CPU this cuts the attention time of
         # 256-token rows about fivefold.
-        value = value.astype(dtype).transpose(0, 2, 1, 3)
+        value = value.transpose(0, 2, 1, 3)
 
         def softmax_parts(q: Array, bias_rows: Array) -> tuple[Array, Array]:
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, key) + bias_rows
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, key,
+                                preferred_element_type=jnp.float32) + bias_rows
             weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
             return weights, weights.sum(axis=-1, keepdims=True)
+
+        def weighted_values(weights: Array, total: Array) -> Array:
+            out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), value,
+                             preferred_element_type=jnp.float32)
+            return (out / total).astype(dtype)
 
         blocks = 1 if not deterministic else query_blocks(batch, cfg.num_attention_heads, length)
         if blocks == 1:
             weights, total = softmax_parts(query, bias)
             weights = nn.Dropout(cfg.attention_probs_dropout_prob)(weights.astype(dtype),
                                                                    deterministic=deterministic)
-            out = jnp.einsum("bhqk,bhkd->bhqd", weights, value) / total.astype(dtype)
+            out = weighted_values(weights, total)
         else:
             # Long rows at inference: the queries in blocks, one after another, so each block's
             # logits stay small enough to be cache-friendly (same numbers, about 2.6x faster
@@ -336,11 +344,8 @@ class SelfAttention(nn.Module):
             bias_blocks = (bias.reshape(batch, 1, blocks, size, length).transpose(2, 0, 1, 3, 4)
                            if bias.shape[2] > 1 else jnp.broadcast_to(bias, (blocks, *bias.shape)))
 
-            def attend_block(args: tuple[Array, Array]) -> Array:
-                weights, total = softmax_parts(*args)
-                return jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), value) / total.astype(dtype)
-
-            out = jax.lax.map(attend_block, (q_blocks, bias_blocks))  # [blocks, b, h, size, d]
+            out = jax.lax.map(lambda args: weighted_values(*softmax_parts(*args)),
+                              (q_blocks, bias_blocks))  # [blocks, b, h, size, d]
             out = out.transpose(1, 2, 0, 3, 4).reshape(batch, cfg.num_attention_heads, length, -1)
         out = out.transpose(0, 2, 1, 3)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
