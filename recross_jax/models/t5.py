@@ -337,10 +337,12 @@ class MultiHeadAttention(nn.Module):
             logits = logits + bias.astype(logits.dtype)
         logits = logits.astype(jnp.float32)
         weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-        total = weights.sum(axis=-1, keepdims=True).astype(self.dtype)
+        total = weights.sum(axis=-1, keepdims=True)
         weights = nn.Dropout(self.dropout_rate)(weights.astype(self.dtype),
                                                 deterministic=deterministic)
-        out = jnp.einsum("bhqk,bhkd->bhqd", weights, value.astype(self.dtype)) / total
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights, value.astype(self.dtype),
+                         preferred_element_type=jnp.float32)  # see Dense
+        out = (out / total).astype(self.dtype)
         out = nn.with_logical_constraint(out.transpose(0, 2, 1, 3), ("batch", "length", "heads", "kv"))
         out = out.reshape(*out.shape[:-2], joined)
         return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), kernel_init, self.dtype,
