@@ -15,6 +15,10 @@ best of `--repeats` timed passes.
 
     python scripts/bench_rerank.py --queries 16 --candidates 64 --batch_size 64 --cores 2
     python scripts/bench_rerank.py --texts pool.jsonl   # texts from a JSONL with "inputs"
+    python scripts/bench_rerank.py --dtype bfloat16     # both sides' activations in bfloat16
+
+`--dtype bfloat16` computes both sides' activations in bfloat16: ours with float32 parameters
+cast at each product (accumulated in float32), PyTorch's model converted with `.to(bfloat16)`.
 
 By default the texts are BIG-bench inputs from the asset cache: |Q| queries of one held-out
 target task and |R'| candidates drawn across the upstream tasks (seeded). Needs torch and
@@ -99,7 +103,8 @@ def run_ours(queries: list[str], candidates: list[str], args: argparse.Namespace
     from recross_jax.rerank.cross_encoder import Reranker  # pylint: disable=import-outside-toplevel
     partitioning.use_cpu_devices(args.devices)  # batches are sharded over them
     reranker = Reranker.from_init_dir(None, max_length=args.max_length, seed=args.seed,
-                                      batch_size=args.batch_size, mesh=partitioning.create_mesh())
+                                      dtype=args.dtype, batch_size=args.batch_size,
+                                      mesh=partitioning.create_mesh())
     return _measure(lambda: reranker.score_pairs(queries, candidates), args.repeats)
 
 
@@ -119,6 +124,7 @@ def run_torch(queries: list[str], candidates: list[str], args: argparse.Namespac
     with torch.no_grad():
         model.classifier.weight.copy_(torch.tensor(head["kernel"].T))
         model.classifier.bias.copy_(torch.tensor(head["bias"]))
+    model = model.to(getattr(torch, args.dtype))
     firsts = [q for q in queries for _ in candidates]
     seconds = list(candidates) * len(queries)
 
@@ -135,7 +141,7 @@ def run_torch(queries: list[str], candidates: list[str], args: argparse.Namespac
                 batch = tokenizer([firsts[i] for i in rows], [seconds[i] for i in rows],
                                   padding=True, truncation="longest_first",
                                   max_length=args.max_length, return_tensors="pt")
-                out[rows] = model(**batch).logits[:, 1].numpy()
+                out[rows] = model(**batch).logits[:, 1].float().numpy()
         return out.reshape(len(queries), len(candidates))
 
     return _measure(score, args.repeats)
@@ -171,6 +177,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1,
                         help="JAX CPU devices of our side (e.g. one per core; batches sharded over them)")
     parser.add_argument("--seed", type=int, default=0, help="texts and head weights")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="activation dtype of both sides")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--skip_given", action="store_true",
                         help="skip the slow PyTorch-as-given side (compare with sorted only)")
@@ -198,7 +206,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--worker", side, "--out", out,
                        "--pairs", pairs_file] + [
                 f"--{k}={v}" for k, v in vars(args).items()
-                if k in ("batch_size", "max_length", "repeats", "seed", "devices")]
+                if k in ("batch_size", "max_length", "repeats", "seed", "devices", "dtype")]
             results[side] = run_pinned(side, command, cores)
             results[side]["scores"] = np.load(out)
     pairs = results["ours"]["pairs"]
@@ -210,7 +218,8 @@ def main() -> None:
     ours = results["ours"]
     summary = {"pairs": pairs, "query_task": None if args.texts else args.query_task,
                "texts": args.texts, "batch_size": args.batch_size, "max_length": args.max_length,
-               "cores": cores, "devices": args.devices, "date": time.strftime("%Y-%m-%d"),
+               "cores": cores, "devices": args.devices, "dtype": args.dtype,
+               "date": time.strftime("%Y-%m-%d"),
                "max_abs_logit_diff": float(np.abs(ours["scores"]
                                                   - results["torch_sorted"]["scores"]).max())}
     for side, _ in sides[:-1]:
@@ -220,7 +229,8 @@ def main() -> None:
         print(f"speed ratio ours / {side}: {summary[f'ratio_vs_{side}']['wall']:.2f}x wall, "
               f"{summary[f'ratio_vs_{side}']['cpu']:.2f}x CPU time")
     print(f"{pairs} pairs, batch_size={args.batch_size}, max_length={args.max_length}, "
-          f"cores={cores}, our devices={args.devices}; max |logit difference| ours vs PyTorch "
+          f"cores={cores}, our devices={args.devices}, {args.dtype}; max |logit difference| "
+          "ours vs PyTorch "
           f"{summary['max_abs_logit_diff']:.2e}")
     if args.json:
         summary["sides"] = {side: {k: v for k, v in results[side].items() if k != "scores"}
