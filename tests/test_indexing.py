@@ -142,3 +142,31 @@ def test_group_removal_excludes_tasks_and_fills_up(setup, monkeypatch):
     assert len(removed) == 12
     assert not any(indexing.in_groups(r["task"], excluded) for r in removed)
     assert len({r["task"] for r in removed}) >= 1
+
+
+def test_embedder_dtype_is_recorded_and_queries_use_it(setup, monkeypatch):
+    root, model_dir, _ = setup
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    assert cli.main(build_args(root, model_dir, "index_bf16", "--gin.indexing.build.backend='exact'",
+                               "--gin.indexing.build.dtype='bfloat16'")) == 0
+    vectors, pool, manifest = embed.load_pool(str(root / "index_bf16" / "pool"))
+    assert manifest["embedder"]["dtype"] == "bfloat16"
+    retriever = indexing.Retriever(str(root / "index_bf16"))
+    assert retriever.embedder.description == manifest["embedder"]
+    float32 = indexing.make_embedder("model", f"{PREFIX}_upstream", model_dir, max_length=256)
+    assert float32.description["dtype"] == "float32"
+    reference = float32(pool[:16])
+    cosine = (vectors[:16] * reference).sum(1) / np.linalg.norm(vectors[:16], axis=1) / np.linalg.norm(
+        reference, axis=1)
+    assert cosine.min() > 0.999 and not np.array_equal(vectors[:16], reference)
+    # Queries go through the same bfloat16 encoder as the pool: a pool row embeds to its vector.
+    query = retriever.embedder([pool[3]])[0]
+    np.testing.assert_allclose(query, vectors[3], rtol=1e-6, atol=1e-6)
+
+
+def test_sbert_embedder_takes_max_length_and_dtype():
+    embedder = indexing.make_embedder("sbert", "", max_length=32, dtype="bfloat16")
+    assert embedder.description == {"kind": "sbert", "model": "all-MiniLM-L6-v2", "max_length": 32,
+                                    "dtype": "bfloat16"}
+    assert embedder.sentence_embedder.max_length == 32
+    assert embedder.sentence_embedder.config.dtype == "bfloat16"

@@ -8,6 +8,7 @@ manifest records which one, so queries are always embedded the same way as the p
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import os
 import sys
@@ -22,6 +23,8 @@ from recross_jax.retrieval import embed
 from recross_jax.retrieval import index as index_lib
 
 EMBEDDERS = ("model", "sbert")
+# The token limit of SBERT pools whose description predates recording it (`from_minilm`'s).
+_SBERT_UNRECORDED_MAX_LENGTH = 256
 
 
 def pool_rows(mixture: str, split: str = "train", max_examples_per_task: int | None = None) -> Iterator[dict]:
@@ -34,27 +37,37 @@ def pool_rows(mixture: str, split: str = "train", max_examples_per_task: int | N
 
 
 def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_length: int = 512,
-                  batch_size: int = 64, num_partitions: int = 1) -> embed.Embedder:
-    """The pool/query embedder of `kind`; `model` needs the upstream `model_dir`."""
+                  batch_size: int = 64, num_partitions: int = 1,
+                  dtype: str | None = None) -> embed.Embedder:
+    """The pool/query embedder of `kind`; `model` needs the upstream `model_dir`.
+
+    `dtype` is the activation dtype ('float32' or 'bfloat16'; default: the checkpoint's for
+    `model`, float32 for `sbert`); bfloat16 embeds about twice as fast on CPUs with AMX and on
+    accelerators, at a cosine of about 0.9999 to the float32 vectors.
+    """
     from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
     if kind == "sbert":  # batches split over every device's 'data' shard, parameters replicated
         from recross_jax.retrieval import sentence  # pylint: disable=import-outside-toplevel
-        return _TextEmbedder(sentence.SentenceEmbedder.from_minilm(batch_size=batch_size,
-                                                                   mesh=partitioning.create_mesh()),
-                             {"kind": "sbert", "model": "all-MiniLM-L6-v2"})
+        encoder = sentence.SentenceEmbedder.from_minilm(
+            max_length=max_length, batch_size=batch_size, dtype=dtype or "float32",
+            mesh=partitioning.create_mesh())
+        return _TextEmbedder(encoder, {"kind": "sbert", "model": "all-MiniLM-L6-v2",
+                                       "max_length": max_length, "dtype": encoder.config.dtype})
     if kind != "model":
         raise UserError(f"unknown embedder {kind!r} (choose from {', '.join(EMBEDDERS)})")
     if not model_dir:
         raise UserError("embedder 'model' needs the upstream model directory (model_dir)")
     from recross_jax import checkpoints  # pylint: disable=import-outside-toplevel
     config, params = checkpoints.restore_model(model_dir)
+    if dtype is not None:
+        config = dataclasses.replace(config, dtype=dtype)
     manager = checkpoints.CheckpointManager(model_dir, read_only=True)
     step = manager.latest_step()
     manager.close()
     vocabulary = corpus.tasks_of(mixture)[0].output_features["inputs"].vocabulary
     description = {"kind": "model", "model_dir": os.path.abspath(model_dir), "step": int(step),
                    "config_hash": embed.config_hash(config.to_dict()), "max_length": max_length,
-                   "vocab_size": int(vocabulary.vocab_size)}
+                   "vocab_size": int(vocabulary.vocab_size), "dtype": config.dtype}
     return embed.T5EncoderEmbedder(config, params, vocabulary.encode, vocabulary.eos_id, description,
                                    max_length=max_length, batch_size=batch_size,
                                    mesh=partitioning.create_mesh(num_partitions))
@@ -63,17 +76,19 @@ def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_len
 def build(mixture: str, out_dir: str, embedder: str = "model",
           model_dir: str | None = None, split: str = "train", max_examples_per_task: int | None = 1000,
           max_length: int = 512, batch_size: int = 64, shard_size: int = 4096, backend: str = "scann",
-          metric: str = "dot", num_partitions: int = 1, progress: bool = True,
-          on_start: Callable[[str], object] | None = None) -> index_lib.Index:
+          metric: str = "dot", num_partitions: int = 1, dtype: str | None = None,
+          progress: bool = True, on_start: Callable[[str], object] | None = None) -> index_lib.Index:
     """Embeds the mixture's pool into `out_dir/pool` (resumable) and indexes it in `out_dir/index`.
 
     gin binds it in `gin/runs/index.gin` (`recross index build`); `on_start(out_dir)` runs once the
-    directory exists (the CLI writes the resolved config.gin there).
+    directory exists (the CLI writes the resolved config.gin there). `max_length` and `dtype`
+    (see `make_embedder`) are recorded, so queries are embedded the same way.
     """
     os.makedirs(out_dir, exist_ok=True)
     if on_start:
         on_start(out_dir)
-    embedder_fn = make_embedder(embedder, mixture, model_dir, max_length, batch_size, num_partitions)
+    embedder_fn = make_embedder(embedder, mixture, model_dir, max_length, batch_size, num_partitions,
+                                dtype)
     pool_dir = os.path.join(out_dir, "pool")
     manifest = embed.build_pool(pool_rows(mixture, split, max_examples_per_task), embedder_fn, pool_dir,
                                 shard_size=shard_size, progress=progress)
@@ -112,8 +127,9 @@ class Retriever:
         self.rows_by_id = {row["example_id"]: row for row in rows}
         described = self.index.embedder
         self.embedder = make_embedder(described["kind"], described.get("mixture", ""),
-                                      described.get("model_dir"), described.get("max_length", 512),
-                                      batch_size)
+                                      described.get("model_dir"),
+                                      described.get("max_length", _SBERT_UNRECORDED_MAX_LENGTH),
+                                      batch_size, dtype=described.get("dtype"))
 
     def retrieve(self, queries: Sequence[str], num_candidates: int, mode: str = "concat",
                  exclude_tasks: Sequence[str] = ()) -> list[dict]:
