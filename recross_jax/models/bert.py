@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recross_jax.errors import UserError
+from recross_jax.models.matmul import matmul
 
 Array = jax.Array
 
@@ -208,9 +209,7 @@ class Dense(nn.Module):
                         self.kernel_axes)
         bias = _param(self, "bias", nn.initializers.zeros, (self.features,),
                       (self.kernel_axes[1],))
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
-                    preferred_element_type=jnp.float32)  # see t5.Dense
-        return (y + bias).astype(self.dtype)
+        return matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -309,7 +308,8 @@ class SelfAttention(nn.Module):
             return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
         query, key, value = project("query"), project("key"), project("value")
-        # Both products take activation-dtype operands and accumulate in float32 (see t5.Dense);
+        # Both products take activation-dtype operands and accumulate in float32 (see
+        # models.matmul);
         # logits and softmax are float32: bf16 logits lose the small differences that matter.
         # Scaling the queries rather than the logits costs length/head_dim times less.
         query = (query.astype(jnp.float32) * (1.0 / math.sqrt(cfg.head_dim))).astype(dtype)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recross_jax.errors import UserError
+from recross_jax.models.matmul import matmul
 
 Array = jax.Array
 
@@ -237,12 +238,7 @@ class Dense(nn.Module):
     def __call__(self, x: Array) -> Array:
         kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
                         self.kernel_axes)
-        # Accumulated and returned in float32, then cast: the same maths on accelerators, and
-        # on CPU the form XLA runs on the AMX/AVX512-BF16 units (a bfloat16 [4096, 384] x
-        # [384, 1536] product: 1620 GFLOP/s this way, 250 with a bfloat16 result).
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype),
-                    preferred_element_type=jnp.float32)
-        return y.astype(self.dtype)
+        return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
 class Embed(nn.Module):
@@ -341,7 +337,7 @@ class MultiHeadAttention(nn.Module):
         weights = nn.Dropout(self.dropout_rate)(weights.astype(self.dtype),
                                                 deterministic=deterministic)
         out = jnp.einsum("bhqk,bhkd->bhqd", weights, value.astype(self.dtype),
-                         preferred_element_type=jnp.float32)  # see Dense
+                         preferred_element_type=jnp.float32)  # see models.matmul
         out = (out / total).astype(self.dtype)
         out = nn.with_logical_constraint(out.transpose(0, 2, 1, 3), ("batch", "length", "heads", "kv"))
         out = out.reshape(*out.shape[:-2], joined)
