@@ -128,6 +128,17 @@ def test_missing_model_dir_is_a_user_error(setup, capsys, monkeypatch):
     assert "no_model" in capsys.readouterr().err
 
 
+def test_bad_dtype_is_one_line_exit_2_and_leaves_no_index_dir(setup, capsys, monkeypatch):
+    root, model_dir, _ = setup
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    assert cli.main(build_args(root, model_dir, "index_bad_dtype",
+                               "--gin.indexing.build.dtype='float16'")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "T5Config.dtype must be one of ['bfloat16', 'float32'], got 'float16'" in err, err
+    assert not (root / "index_bad_dtype").exists()
+
+
 def test_group_removal_excludes_tasks_and_fills_up(setup, monkeypatch):
     root, model_dir, _ = setup
     monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))

@@ -84,11 +84,12 @@ def build(mixture: str, out_dir: str, embedder: str = "model",
     directory exists (the CLI writes the resolved config.gin there). `max_length` and `dtype`
     (see `make_embedder`) are recorded, so queries are embedded the same way.
     """
+    # First, so a bad embedder setting (kind, model_dir, dtype) leaves no directory behind.
+    embedder_fn = make_embedder(embedder, mixture, model_dir, max_length, batch_size, num_partitions,
+                                dtype)
     os.makedirs(out_dir, exist_ok=True)
     if on_start:
         on_start(out_dir)
-    embedder_fn = make_embedder(embedder, mixture, model_dir, max_length, batch_size, num_partitions,
-                                dtype)
     pool_dir = os.path.join(out_dir, "pool")
     manifest = embed.build_pool(pool_rows(mixture, split, max_examples_per_task), embedder_fn, pool_dir,
                                 shard_size=shard_size, progress=progress)
