@@ -199,6 +199,10 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                         length_normalize, decode)
     records = []
     jobs = [(t, m, q) for t in targets for m in methods for q in range(num_query_sets)]
+    config = {"num_queries": num_queries, "num_retrieved": num_retrieved,
+              "upsample_ratio": upsample_ratio, "aggregation": aggregation,
+              "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
+              "finetune": dataclasses.asdict(finetune_config), "model_dir": os.path.abspath(model_dir)}
     with tqdm(total=len(jobs), desc="generalize", unit="run", disable=not progress) as bar:
         for target in targets:
             examples, pipeline.vocabulary = evaluate.load_examples(
@@ -230,11 +234,7 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                         record.update(_run_method(pipeline, method, query_set, examples, num_retrieved,
                                                   upsample_ratio, aggregation, (*exclude_tasks, target),
                                                   record["run_seed"]))
-                    record["config"] = {"num_queries": num_queries, "num_retrieved": num_retrieved,
-                                        "upsample_ratio": upsample_ratio, "aggregation": aggregation,
-                                        "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
-                                        "finetune": dataclasses.asdict(finetune_config),
-                                        "model_dir": os.path.abspath(model_dir)}
+                    record["config"] = config
                     write_json_atomic(path, record)
                     records.append(record)
                     bar.update()

@@ -309,8 +309,8 @@ class SelfAttention(nn.Module):
 
         query, key, value = project("query"), project("key"), project("value")
         # Both products take activation-dtype operands and accumulate in float32 (see
-        # models.matmul);
-        # logits and softmax are float32: bf16 logits lose the small differences that matter.
+        # models.matmul); logits and softmax are float32: bf16 logits lose the small
+        # differences that matter.
         # Scaling the queries rather than the logits costs length/head_dim times less.
         query = (query.astype(jnp.float32) * (1.0 / math.sqrt(cfg.head_dim))).astype(dtype)
         # Values laid out [b, h, k, d], and the softmax normalised after the product with them
