@@ -130,19 +130,28 @@ def _train_step(config, cfg: FinetuneConfig, schedule_steps: int, mesh):
     return optimizer, shardings, step
 
 
+def length_sorted_batches(pairs: Sequence[TokenPair], batch_size: int, mesh=None
+                          ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """`pairs` in batches of similar length, each padded to its own shape (for scoring, where
+    the order of examples does not matter): (positions in `pairs` of its rows, batch)."""
+    order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i][0]), len(pairs[i][1])))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = np.asarray(order[start:start + batch_size])
+        chunk = [pairs[i] for i in rows]
+        batches.append((rows, make_batch(chunk, padded_shape(chunk, batch_size, mesh))))
+    return batches
+
+
 def example_losses(config, params: Any, pairs: Sequence[TokenPair], batch_size: int = 32,
                    mesh=None) -> np.ndarray:
     """Per-example mean token cross entropy of `pairs` under `params` (teacher forcing)."""
     mesh = mesh or partitioning.create_mesh(devices=jax.devices()[:1])
-    model = Transformer(config)
-    shape = padded_shape(pairs, batch_size, mesh)
-    loss_fn = _example_loss_fn(model, mesh)
-    losses = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        batch = training.put_batch(make_batch(chunk, shape), mesh)
-        losses.append(np.asarray(loss_fn(params, batch))[:len(chunk)])
-    return np.concatenate(losses)
+    loss_fn = _example_loss_fn(Transformer(config), mesh)
+    losses = np.zeros(len(pairs), np.float32)
+    for rows, batch in length_sorted_batches(pairs, batch_size, mesh):
+        losses[rows] = np.asarray(loss_fn(params, training.put_batch(batch, mesh)))[:len(rows)]
+    return losses
 
 
 def per_example_loss(model, params: Any, batch: dict) -> jax.Array:

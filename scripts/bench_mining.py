@@ -66,11 +66,10 @@ def flops_per_round(config: t5.T5Config, params, cfg: finetune.FinetuneConfig, g
     shape = finetune.padded_shape([p for g in groups for p in g], cfg.batch_size, None)
     step = training.make_train_step(model, optimizer, z_loss=0.0, jit=False)
     step_flops = _flops(step, state, finetune.make_batch(groups[0][:cfg.batch_size], shape))
-    rows = min(eval_batch_size, len(heldout))
-    eval_batch = finetune.make_batch(heldout[:rows], finetune.padded_shape(heldout, rows, None))
-    eval_flops = _flops(lambda p, b: finetune.per_example_loss(model, p, b), params, eval_batch)
-    chunks = -(-len(heldout) // rows)
-    return {"train": len(groups) * steps * step_flops, "heldout": len(groups) * chunks * eval_flops}
+    eval_batches = finetune.length_sorted_batches(heldout, min(eval_batch_size, len(heldout)))
+    eval_flops = sum(_flops(lambda p, b: finetune.per_example_loss(model, p, b), params, batch)
+                     for _, batch in eval_batches)
+    return {"train": len(groups) * steps * step_flops, "heldout": len(groups) * eval_flops}
 
 
 def _flops(fn, *args) -> float:

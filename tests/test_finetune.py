@@ -47,6 +47,25 @@ def test_epoch_batches_cover_every_example_once_per_epoch():
     assert all((a["encoder_input_tokens"] == b["encoder_input_tokens"]).all() for a, b in zip(batches, again))
 
 
+def test_length_sorted_batches_cover_each_example_once_each_padded_to_its_own_lengths():
+    rng = np.random.default_rng(0)
+    pairs = [([int(x) for x in rng.integers(3, 30, n)] + [1], [4] * int(m) + [1])
+             for n, m in zip(rng.integers(1, 40, 11), rng.integers(0, 20, 11))]
+    batches = finetune.length_sorted_batches(pairs, 4)
+    assert sorted(i for rows, _ in batches for i in rows) == list(range(len(pairs)))
+    for rows, batch in batches:
+        chunk = [pairs[i] for i in rows]
+        shape = batch["encoder_input_tokens"].shape + batch["decoder_target_tokens"].shape[1:]
+        assert shape == finetune.padded_shape(chunk, 4, None)
+        for r, (inputs, targets) in enumerate(chunk):
+            np.testing.assert_array_equal(batch["encoder_input_tokens"][r, :len(inputs)], inputs)
+    longest = [max(len(pairs[i][0]) for i in rows) for rows, _ in batches]
+    assert longest == sorted(longest)
+    # Short inputs get short batches: fewer padded tokens than one shape for all.
+    assert sum(b["encoder_input_tokens"].size for _, b in batches) < \
+        len(batches) * 4 * finetune.padded_shape(pairs, 4, None)[1]
+
+
 def test_example_losses_match_full_forward():
     params = init_params()
     losses = finetune.example_losses(CONFIG, params, PAIRS, batch_size=2)
