@@ -5,10 +5,11 @@ Works with any Flax encoder-decoder exposing T5X's methods `encode(encoder_input
 decode=False, max_decode_length=None)` whose KV cache lives in the `cache` collection
 (`recross_jax.models.t5.Transformer`). Token id 0 is padding and the decoder's start token.
 
-Every public function takes 0-padded host (numpy) token arrays of any size, cuts them into
-batches of fixed, bucketed shapes (so a whole evaluation compiles a handful of programs, not one
-per batch), runs jitted steps with `NamedSharding`s on a `('data', 'model')` mesh, and returns
-numpy arrays in input order. Log-probabilities are float32 natural logs.
+Every public function takes 0-padded host (numpy) token arrays of any size, sorts the examples
+by length, cuts them into batches of fixed, bucketed shapes (so a whole evaluation compiles a
+handful of programs, not one per batch, and pads little), runs jitted steps with
+`NamedSharding`s on a `('data', 'model')` mesh, and returns numpy arrays in input order.
+Log-probabilities are float32 natural logs.
 """
 from __future__ import annotations
 
@@ -298,6 +299,15 @@ def _fit_length(tokens: np.ndarray) -> np.ndarray:
     return np.pad(tokens, [(0, 0)] * (tokens.ndim - 1) + [(0, length - tokens.shape[-1])])
 
 
+def _length_order(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Example indices sorted by the non-padding extent of each array's last axis, the first
+    array's first (stable), so that each batch is padded only to the lengths of its own rows."""
+    def extent(a: np.ndarray) -> np.ndarray:
+        used = (a != PAD_ID).reshape(a.shape[0], -1, a.shape[-1]).any(axis=1)
+        return np.where(used.any(axis=1), a.shape[-1] - used[:, ::-1].argmax(axis=1), 0)
+    return np.lexsort([extent(a) for a in reversed(arrays)])
+
+
 def _batch_rows(n: int, batch_size: int, mesh: Mesh, rules: tuple) -> int:
     """Fixed rows per batch: batch_size, or a power of two for fewer examples, rounded up to a
     multiple of the data shards."""
@@ -310,7 +320,8 @@ def _batch_rows(n: int, batch_size: int, mesh: Mesh, rules: tuple) -> int:
 def _run(fn: Callable, model: nn.Module, params: Params, arrays: Sequence[np.ndarray], *,
          mesh: Mesh | None, rules: partitioning.LogicalRules, batch_size: int,
          **static: Any) -> Any:
-    """Runs `fn` over fixed-shape batches of `arrays` (same leading size); concatenates outputs."""
+    """Runs `fn` over fixed-shape batches of `arrays` (same leading size), the examples taken in
+    order of length; returns the outputs in input order."""
     mesh = partitioning.create_mesh() if mesh is None else mesh
     rules = tuple(tuple(rule) for rule in rules)
     arrays = [np.asarray(a, np.int32) for a in arrays]
@@ -324,16 +335,18 @@ def _run(fn: Callable, model: nn.Module, params: Params, arrays: Sequence[np.nda
     rows = _batch_rows(n, batch_size, mesh, rules)
     params = jax.device_put(nn.unbox(params), _param_shardings(model, mesh, rules))
     step = _compiled(fn, model, mesh, rules, len(arrays), **static)
+    order = _length_order(arrays)
     outputs = []
     with partitioning.activate(mesh, rules):
         for start in range(0, n, rows):
-            chunk = [_fit_length(a[start:start + rows]) for a in arrays]
+            chunk = [_fit_length(a[order[start:start + rows]]) for a in arrays]
             padding = rows - chunk[0].shape[0]
             chunk = [np.pad(c, [(0, padding)] + [(0, 0)] * (c.ndim - 1)) for c in chunk]
             # Dispatch is asynchronous: the host pads the next batch while this one runs.
             outputs.append(step(params, *chunk))
     outputs = jax.device_get(outputs)
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n], *outputs)
+    inverse = np.argsort(order)
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n][inverse], *outputs)
 
 
 # ---------------------------------------------------------------------------------------------

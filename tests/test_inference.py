@@ -100,6 +100,32 @@ def test_score_equals_full_forward_log_softmax(model_and_params, inputs):
     assert np.all(got_sum < 0) and got_sum.shape == (5,)
 
 
+def test_batches_take_examples_by_length_and_results_come_back_in_input_order(model_and_params,
+                                                                              monkeypatch):
+    model, params = model_and_params
+    rng = np.random.default_rng(3)
+    inputs = inference.pad_tokens([rng.integers(2, VOCAB, size=n) for n in (20, 2, 18, 3)])
+    targets = inference.pad_tokens([[5, 1], [6, 7, 1], [1], [8, 1]])
+    np.testing.assert_array_equal(inference._length_order([inputs, targets]), [1, 3, 2, 0])
+    widths = []
+    compiled = inference._compiled
+
+    def recording(*args, **kwargs):
+        step = compiled(*args, **kwargs)
+
+        def run(params, *arrays):
+            widths.append(arrays[0].shape)
+            return step(params, *arrays)
+        return run
+    monkeypatch.setattr(inference, "_compiled", recording)
+    got = inference.score(model, params, inputs, targets, batch_size=2, mesh=ONE_DEVICE)
+    # The two short inputs share a batch of 8 tokens; in input order both batches needed 32.
+    assert sorted(widths) == [(2, 8), (2, 32)]
+    alone = [inference.score(model, params, inputs[i:i + 1], targets[i:i + 1], mesh=ONE_DEVICE)[0]
+             for i in range(4)]
+    np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def choices():
     """3, 2, 4, 1 and 3 answer choices of 2 to 5 tokens for the five inputs."""
