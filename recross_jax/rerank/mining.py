@@ -118,8 +118,8 @@ class GroupFinetuner:
         # group; groups of equal size, the default, get exactly their own.
         total_steps = max(finetune.num_steps(len(g), cfg.batch_size, cfg.epochs) for g in groups)
         eval_rows = min(self.eval_batch_size, len(heldout))
-        # Sorted by length, each batch padded to its own shape: on BIG-bench-like lengths a
-        # quarter fewer tokens than one shape for all (the sum over examples is the same).
+        # Sorted by length, each batch padded to its own shape (the sum over examples is the
+        # same): 22% fewer FLOPs than one shape for all on the mining bench's 24-100 tokens.
         eval_batches = [b for _, b in finetune.length_sorted_batches(heldout, eval_rows)]
         if self.parallel:
             return self._run(groups, seeds, eval_batches, len(heldout), shape, total_steps)
@@ -168,8 +168,9 @@ def _stacked_programs(config: T5Config, cfg: finetune.FinetuneConfig, total_step
 
 
 class _StackedPrograms:
-    """The jitted programs of n stacked copies: init from M, a vmapped masked train step and a
-    vmapped per-example loss; the stacked axis is sharded over the mesh's `data` axis."""
+    """The jitted programs of n stacked copies: init from M, a vmapped train step (masked when
+    some copy sits a step out) and a vmapped per-example loss; the stacked axis is sharded over
+    the mesh's `data` axis."""
 
     def __init__(self, config: T5Config, optimizer, n: int, num_partitions: int):
         model = Transformer(config)
