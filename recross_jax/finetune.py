@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recross_jax import partitioning, training
+from recross_jax import inference, partitioning, training
 from recross_jax.errors import UserError
 from recross_jax.models.t5 import Transformer
 
@@ -65,7 +65,8 @@ def padded_shape(pairs: Sequence[TokenPair], batch_size: int, mesh) -> tuple[int
     """(rows, input length, target length) of every batch over `pairs` on `mesh`."""
     data = mesh.shape["data"] if mesh is not None else 1
     rows = partitioning.round_up(batch_size, data)
-    return (rows, _bucket(max(len(p[0]) for p in pairs)), _bucket(max(len(p[1]) for p in pairs)))
+    return (rows, inference.bucket(max(len(p[0]) for p in pairs)),
+            inference.bucket(max(len(p[1]) for p in pairs)))
 
 
 def make_batch(pairs: Sequence[TokenPair], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
@@ -173,10 +174,3 @@ def _example_loss_fn(model, mesh):
         with partitioning.activate(mesh):  # logical constraints resolve while tracing
             return jitted(params, batch)
     return fn
-
-
-def _bucket(length: int, minimum: int = 8) -> int:
-    bucket = minimum
-    while bucket < length:
-        bucket *= 2
-    return bucket

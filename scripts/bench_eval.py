@@ -33,16 +33,17 @@ def token_count(text: str, cap: int) -> int:
     return min(cap, int(1.4 * len(text.split())) + 1)
 
 
+def answers(example: dict) -> list[str]:
+    """A BIG-bench example's answer choices, or the (first) target of a generative one."""
+    target = example.get("target", "")
+    return list(example.get("target_scores") or [target if isinstance(target, str) else target[0]])
+
+
 def task_lengths(task: str, n: int, max_length: int) -> tuple[list[int], list[list[int]]]:
     """Input lengths and per-example choice lengths of a BIG-bench task's first n examples."""
     path = os.path.join(assets.bigbench_tasks_dir(), task, "task.json")
     with open(path, encoding="utf-8") as f:
         examples = json.load(f)["examples"][:n]
-    def answers(example: dict) -> list[str]:
-        """The answer choices, or the (first) target of a generative example."""
-        target = example.get("target", "")
-        return list(example.get("target_scores") or [target if isinstance(target, str) else target[0]])
-
     inputs = [token_count(e["input"], max_length) for e in examples]
     return inputs, [[token_count(a, 64) for a in answers(e)] for e in examples]
 
