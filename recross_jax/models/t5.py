@@ -238,7 +238,7 @@ class Dense(nn.Module):
     def __call__(self, x: Array) -> Array:
         kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
                         self.kernel_axes)
-        return matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+        return matmul(x.astype(self.dtype), kernel.astype(self.dtype)).astype(self.dtype)
 
 
 class Embed(nn.Module):
