@@ -231,6 +231,26 @@ def test_bfloat16_activations_close_to_float32(batch):
     assert np.abs(np.asarray(logits16) - logits32).max() < 0.1 * np.abs(logits32).max()
 
 
+def test_bfloat16_gated_mlp_rounds_once_after_activations():
+    """T5 1.1's gated GELU multiplies the float32 accumulators of wi_0 and wi_1, activated, and
+    rounds the product to bfloat16 once before wo."""
+    block = t5.MlpBlock(intermediate_dim=24, activations=("gelu", "linear"), dtype=jnp.bfloat16)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, 16)), jnp.bfloat16)
+    params = block.init(jax.random.PRNGKey(0), x)
+    out = block.apply(params, x)
+    assert out.dtype == jnp.bfloat16
+    kernels = {k: nn.unbox(v["kernel"]).astype(jnp.bfloat16)
+               for k, v in params["params"].items()}
+
+    def accumulate(h, name):
+        return jnp.dot(h, kernels[name], preferred_element_type=jnp.float32)
+
+    hidden = (nn.gelu(accumulate(x, "wi_0")) * accumulate(x, "wi_1")).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                  np.asarray(accumulate(hidden, "wo").astype(jnp.bfloat16),
+                                             np.float32))
+
+
 def test_relative_position_buckets_known_values():
     buckets = t5.relative_position_buckets(1, 300, bidirectional=True, num_buckets=32,
                                            max_distance=128)[0]

@@ -227,18 +227,21 @@ class RMSNorm(nn.Module):
 
 
 class Dense(nn.Module):
-    """Bias-free projection of the last axis with a 2-D kernel [in, features]."""
+    """Bias-free projection of the last axis with a 2-D kernel [in, features], computed in
+    `dtype`; `float32_result` returns the float32 accumulator instead of rounding it."""
 
     features: int
     kernel_axes: tuple[str, str]
     kernel_init: Callable[..., Array]
     dtype: Any = jnp.float32
+    float32_result: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
                         self.kernel_axes)
-        return matmul(x.astype(self.dtype), kernel.astype(self.dtype)).astype(self.dtype)
+        y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+        return y if self.float32_result else y.astype(self.dtype)
 
 
 class Embed(nn.Module):
@@ -394,10 +397,11 @@ class MlpBlock(nn.Module):
             # T5X names the single projection `wi` and gated ones `wi_0`, `wi_1`, ...
             dense_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
             h = _ACTIVATIONS[name](Dense(self.intermediate_dim, ("embed", "mlp"), init,
-                                         self.dtype, name=dense_name)(x))
+                                         self.dtype, float32_result=True, name=dense_name)(x))
             hidden = h if hidden is None else hidden * h
+        # Activations and their product in float32, rounded to the activation dtype once.
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
-            hidden, deterministic=deterministic)
+            hidden.astype(self.dtype), deterministic=deterministic)
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
         return Dense(x.shape[-1], ("mlp", "embed"), init, self.dtype, name="wo")(hidden)
 
