@@ -29,13 +29,16 @@ CACHE_MIN_COMPILE_SECONDS = 0.2
 # cache, so concurrent runs can share it).
 CACHE_MAX_BYTES = 4 << 30
 
-# Subcommands that own their flags: everything after the name goes to `module.main(argv)`.
+# Subcommands that own their flags: everything after the name (and, for `reranker`, after its
+# one action, `train`) goes to `module.main(argv)`. Values: (module, one-line help).
 PASSTHROUGH = {
-    "train": "recross_jax.train",
-    "eval": "recross_jax.evaluate",
-    "mine": "recross_jax.rerank.mining",
-    "reranker": "recross_jax.rerank.cross_encoder",
+    "train": ("recross_jax.train", "train a T5 model configured by gin files"),
+    "eval": ("recross_jax.evaluate", "evaluate a checkpoint on a task's split"),
+    "mine": ("recross_jax.rerank.mining", "mine distant supervision for the reranker (Algorithm 1)"),
+    "reranker": ("recross_jax.rerank.cross_encoder",
+                 "the cross-encoder reranker (one action: train, on mined tuples)"),
 }
+RERANKER_USAGE = "usage: recross reranker train --tuples FILE --out DIR [gin flags]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
     parser = argparse.ArgumentParser(
         prog="recross", description="Unsupervised cross-task generalization in JAX/Flax.",
-        epilog=f"Also: {', '.join(f'recross {name} --help' for name in PASSTHROUGH)}.")
+        epilog="Flags of each command: recross COMMAND --help (reranker: recross reranker "
+               "train --help).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in PASSTHROUGH.items():  # listed here, dispatched by `main`
+        commands.add_parser(name, help=help_text, add_help=False)
 
     def add(group, name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
         sub = group.add_parser(name, help=help_text, description=help_text)
@@ -134,12 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _use_cpu_devices(os.environ.get(CPU_DEVICES_ENV))
         use_compilation_cache(os.environ.get(COMPILATION_CACHE_ENV))
         if argv and argv[0] in PASSTHROUGH:
-            rest = argv[1:]
-            if argv[0] == "reranker":  # `recross reranker train ...`: the only reranker action
-                if rest[:1] != ["train"]:
-                    raise UserError("usage: recross reranker train --tuples FILE --out DIR [gin flags]")
-                rest = rest[1:]
-            return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(rest) or 0)
+            rest = argv[1:] if argv[0] != "reranker" else _reranker_train_args(argv[1:])
+            if rest is None:
+                return 0
+            return int(importlib.import_module(PASSTHROUGH[argv[0]][0]).main(rest) or 0)
         args = build_parser().parse_args(argv)
         if hasattr(args, "gin_file"):
             from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
@@ -150,6 +154,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
         print(f"recross: error: {gin_utils.first_line(e)}", file=sys.stderr)  # gin adds lines
         return 2
+
+
+def _reranker_train_args(argv: list[str]) -> list[str] | None:
+    """The flags of `recross reranker train FLAGS` (its one action), or None after printing the
+    usage for `recross reranker --help`.
+
+    Raises:
+      UserError: no action, or another one.
+    """
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{RERANKER_USAGE}\n\nTrains the cross-encoder reranker on tuples mined by "
+              "`recross mine`; its flags: recross reranker train --help")
+        return None
+    if argv[:1] != ["train"]:
+        raise UserError(f"{RERANKER_USAGE} ({f'got {argv[0]!r}' if argv else 'no action given'})")
+    return argv[1:]
 
 
 def _use_cpu_devices(value: str | None) -> None:

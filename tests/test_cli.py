@@ -90,6 +90,24 @@ def test_errors_are_one_line_exit_2(capsys, tasks_module, argv, message):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_help_lists_every_command_and_reranker_takes_one_action(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    listed = capsys.readouterr().out
+    for name in ("train", "eval", "mine", "reranker", "data", "index", "retrieve", "generalize",
+                 "report", "assets", "vocab"):
+        assert f"\n    {name} " in listed or f"\n    {name}\n" in listed, name
+    code, out, err = run(capsys, "reranker", "--help")
+    assert code == 0 and not err
+    assert out.startswith("usage: recross reranker train --tuples FILE --out DIR")
+    for argv, got in ((["reranker"], "(no action given)"), (["reranker", "fit"], "(got 'fit')")):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and err.strip().splitlines() == [
+            f"recross: error: usage: recross reranker train --tuples FILE --out DIR "
+            f"[gin flags] {got}"]
+
+
 def test_missing_tasks_module_is_a_user_error(capsys):
     code, _, err = run(capsys, "data", "list", "--tasks_module", "no_such_tasks_module")
     assert code == 2 and "cannot import tasks module 'no_such_tasks_module'" in err
