@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recross_jax.models.matmul import matmul
+from recross_jax.models.matmul import matmul, rounded
 
 
 def operands(dtype):
@@ -58,3 +58,18 @@ def test_under_jit_and_vmap(dtype):
     out = jax.jit(jax.vmap(matmul, in_axes=(None, 0)))(x, stacked)
     np.testing.assert_allclose(np.asarray(out[1], np.float32),
                                np.asarray(matmul(x, 2 * kernel), np.float32), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_rounded_is_the_casts_rounding_kept_in_float32(dtype):
+    # Values across bfloat16's range, ties included (1 + 2^-8 rounds to even: 1).
+    x = jnp.concatenate([jax.random.normal(jax.random.PRNGKey(3), (4096,)) * 30,
+                         jnp.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -0.0, 3e38, 1e-39])])
+    out = jax.jit(rounded, static_argnums=1)(x, dtype)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(x.astype(dtype).astype(jnp.float32)))
+    np.testing.assert_array_equal(np.asarray(out.astype(dtype)), np.asarray(x.astype(dtype)))
+    if dtype == jnp.bfloat16:
+        assert not np.array_equal(np.asarray(out), np.asarray(x))  # it does round
+    grad = jax.grad(lambda v: (rounded(v, jnp.float32) * 2.0).sum())(x)
+    np.testing.assert_array_equal(np.asarray(grad), 2.0)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recross_jax.errors import UserError
-from recross_jax.models.matmul import matmul
+from recross_jax.models.matmul import matmul, rounded
 
 Array = jax.Array
 
@@ -214,7 +214,7 @@ class Dense(nn.Module):
                       (self.kernel_axes[1],))
         y = matmul(x.astype(self.dtype), kernel.astype(self.dtype)) + bias
         if self.activation is not None:
-            y = self.activation(y)
+            y = rounded(self.activation(y), self.dtype)  # one fusion for bias and activation
         return y.astype(self.dtype)
 
 
