@@ -9,8 +9,8 @@ backward products a float32 cotangent against bfloat16 operands (a mixed product
 float32); the custom gradient casts the cotangent to the activation dtype first, so the backward
 products take the same fast form. In float32 it is the plain product and its plain gradient.
 
-`rounded` ends the elementwise work between two products (bias, activation, gating) in one
-place, so XLA's CPU compiler runs it as one pass instead of splitting it into the next product.
+`rounded` ends the elementwise work after a product (BERT's bias and GELU) in one place, so
+XLA's CPU compiler runs it as one pass instead of splitting it into the next product.
 """
 from __future__ import annotations
 
