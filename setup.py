@@ -1,5 +1,11 @@
 """recross-jax: unsupervised cross-task generalization in JAX/Flax."""
+import re
+
 from setuptools import find_packages, setup
+
+# The one place the version is written is the package itself (also `recross --version`).
+with open("recross_jax/__init__.py", encoding="utf-8") as init_file:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', init_file.read(), re.MULTILINE).group(1)
 
 INSTALL_REQUIRES = [
     "jax==0.10.2",
@@ -40,7 +46,7 @@ EXTRAS = {
 
 setup(
     name="recross-jax",
-    version="0.1.0",
+    version=VERSION,
     description="Unsupervised cross-task generalization (ReCross, TaskShop, ELM) in JAX/Flax",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

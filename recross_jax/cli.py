@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from recross_jax import __version__
 from recross_jax.errors import UserError
 
 # Task modules imported (by name: the library never imports tasks/ statically) before data
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="recross", description="Unsupervised cross-task generalization in JAX/Flax.",
         epilog="Flags of each command: recross COMMAND --help (reranker: recross reranker "
                "train --help).")
+    parser.add_argument("--version", action="version", version=f"recross-jax {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in PASSTHROUGH.items():  # listed here, dispatched by `main`
         commands.add_parser(name, help=help_text, add_help=False)

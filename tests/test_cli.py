@@ -7,6 +7,7 @@ import textwrap
 import pytest
 import seqio
 
+import recross_jax
 from recross_jax import cli
 
 SEQIO_TEST_VOCAB = os.path.join(os.path.dirname(seqio.__file__), "test_data", "sentencepiece",
@@ -106,6 +107,13 @@ def test_help_lists_every_command_and_reranker_takes_one_action(capsys):
         assert code == 2 and err.strip().splitlines() == [
             f"recross: error: usage: recross reranker train --tuples FILE --out DIR "
             f"[gin flags] {got}"]
+
+
+def test_version_is_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"recross-jax {recross_jax.__version__}"
 
 
 def test_missing_tasks_module_is_a_user_error(capsys):
