@@ -1,4 +1,5 @@
 """The `recross` command: data subcommands on small registered tasks, and every error path."""
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -114,6 +115,8 @@ def test_version_is_the_package_version(capsys):
         cli.main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"recross-jax {recross_jax.__version__}"
+    # setup.py reads it from the package: the installed distribution carries the same version
+    assert importlib.metadata.version("recross-jax") == recross_jax.__version__
 
 
 def test_missing_tasks_module_is_a_user_error(capsys):
