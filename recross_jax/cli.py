@@ -12,12 +12,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from recross_jax import __version__
+from recross_jax import __version__, task_modules
 from recross_jax.errors import UserError
-
-# Task modules imported (by name: the library never imports tasks/ statically) before data
-# commands run; `--tasks_module` replaces this list.
-DEFAULT_TASK_MODULES = ("tasks.bigbench", "tasks.p3", "tasks.jsonl")
 
 CPU_DEVICES_ENV = "RECROSS_CPU_DEVICES"
 
@@ -59,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         gin_utils.add_gin_flags(sub)
         sub.add_argument("--tasks_module", action="append", default=None,
                          help="module registering tasks (repeatable; default: "
-                              f"{', '.join(DEFAULT_TASK_MODULES)})")
+                              f"{', '.join(task_modules.DEFAULT_TASK_MODULES)})")
         sub.set_defaults(handler=handler)
         return sub
 
@@ -149,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if hasattr(args, "gin_file"):
             from recross_jax import gin_utils  # pylint: disable=import-outside-toplevel
-            import_task_modules(args.tasks_module)
+            task_modules.import_task_modules(args.tasks_module)
             gin_utils.parse_gin_flags(args)
         return int(args.handler(args) or 0)
     except UserError as e:
@@ -207,15 +203,6 @@ def use_compilation_cache(value: str | None) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
     jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     return path
-
-
-def import_task_modules(modules: Sequence[str] | None) -> None:
-    """Imports the modules that register tasks (`DEFAULT_TASK_MODULES` when None)."""
-    for name in DEFAULT_TASK_MODULES if modules is None else modules:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            raise UserError(f"cannot import tasks module {name!r}: {e}") from e
 
 
 def _data_list(args: argparse.Namespace) -> None:
@@ -279,7 +266,7 @@ def _report(args: argparse.Namespace) -> None:
         sources = None
         if args.upstream:  # only then is seqio (and TensorFlow) needed
             from recross_jax import corpus  # pylint: disable=import-outside-toplevel
-            import_task_modules(args.tasks_module)
+            task_modules.import_task_modules(args.tasks_module)
             sources = {task.name for task in corpus.tasks_of(args.upstream)}
         scores = transfer.load_transfer_scores(args.transfer_scores, args.transfer_metric,
                                                args.task_prefix, sources)

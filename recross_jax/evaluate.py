@@ -21,7 +21,7 @@ import gin
 import numpy as np
 from jax.sharding import Mesh
 
-from recross_jax import checkpoints, corpus, gin_utils, inference, metrics, partitioning
+from recross_jax import checkpoints, corpus, gin_utils, inference, metrics, partitioning, task_modules
 from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_json_atomic
 from recross_jax.models.t5 import T5Config, Transformer
@@ -248,7 +248,6 @@ def _write_outputs(out_dir: str, examples: Sequence[EvalExample],
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`recross eval` (also `python -m recross_jax.evaluate`): prints the metrics as JSON."""
-    from recross_jax import cli  # pylint: disable=import-outside-toplevel
     parser = argparse.ArgumentParser(
         prog="recross eval", description="Evaluate a checkpoint on a task's split: rank "
         "classification accuracy, and EM / SoftEM / ROUGE-L of greedy decodes.")
@@ -265,10 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip greedy decoding (rank classification only)")
     parser.add_argument("--tasks_module", action="append", default=None,
                         help="module registering tasks (repeatable; default: "
-                             f"{', '.join(cli.DEFAULT_TASK_MODULES)})")
+                             f"{', '.join(task_modules.DEFAULT_TASK_MODULES)})")
     gin_utils.add_gin_flags(parser)
     args = parser.parse_args(argv)
-    cli.import_task_modules(args.tasks_module)
+    task_modules.import_task_modules(args.tasks_module)
     gin_utils.parse_gin_flags(args)
     # Flags left unset fall through to gin bindings and run_eval's defaults.
     overrides = {name: getattr(args, name) for name in ("max_examples", "length_normalize",

@@ -22,7 +22,7 @@ import sys
 
 import seqio
 
-from recross_jax import cli, pipeline
+from recross_jax import pipeline, task_modules
 from recross_jax.errors import UserError
 
 SPLITS = {
@@ -60,7 +60,7 @@ def split_targets(split: str, targets: list[str] | None, num_query_sets: int,
         return SPLITS[split].targets
     if targets != ["all"]:
         return tuple(targets)
-    cli.import_task_modules([SPLITS[split].tasks_module])
+    task_modules.import_task_modules([SPLITS[split].tasks_module])
     return tuple(task.name for task in seqio.get_mixture_or_task(TARGET_MIXTURES[split]).tasks
                  if has_enough_examples(task, num_query_sets, num_queries))
 
