@@ -52,7 +52,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["recross_jax", "recross_jax.*", "tasks", "tasks.*"]),
-    package_data={"recross_jax": ["py.typed"]},
+    # The embedded ReCross release travels with the package (tasks/recross.py reads it).
+    package_data={"recross_jax": ["py.typed"],
+                  "tasks": ["recross_release/*.json", "recross_release/LICENSE",
+                            "recross_release/*/*.xz", "recross_release/*.xz"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["recross=recross_jax.cli:main"]},

@@ -10,13 +10,19 @@ import functools
 import itertools
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from recross_jax.errors import UserError
 
 PERCENTILES = (50, 90, 99, 100)
+
+# (num_sets, num_queries, seed) -> query sets, each a list of example rows (SPEC §0 fields).
+QuerySource = Callable[[int, int, int], list[list[dict]]]
+# Task name -> where its query sets come from, for task families that ship their own (the ReCross
+# release's BIG-bench targets come with the authors' query sets).
+_QUERY_SOURCES: dict[str, QuerySource] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +53,25 @@ def get_provider(name: str):
 
 
 @functools.cache
+def raw_example_id(example_id: str) -> str:
+    """The raw example behind a prompted example: its id ("task|split|template|#index") without
+    the template, so the prompted variants of one raw example share it."""
+    parts = example_id.split("|")
+    if len(parts) < 4:
+        return example_id
+    return "|".join(parts[:2] + parts[-1:])
+
+
+def register_query_source(task: str, source: QuerySource) -> None:
+    """Makes `source` give the query sets of target `task` (see `QuerySource`)."""
+    _QUERY_SOURCES[task] = source
+
+
+def query_source(task: str) -> QuerySource | None:
+    """The registered query source of `task`, or None (query sets are then drawn by the caller)."""
+    return _QUERY_SOURCES.get(task)
+
+
 def keep_tensorflow_on_host() -> None:
     """Hides GPUs from TensorFlow, as T5X does: tf.data runs on the host, and a TensorFlow GPU
     context would take most of the accelerator's memory from JAX. Call it before TensorFlow runs

@@ -41,6 +41,12 @@ class EvalExample:
     input_tokens: tuple[int, ...]
     target_tokens: tuple[int, ...]
     choice_tokens: tuple[tuple[int, ...], ...]
+    gold_answers: tuple[str, ...] = ()  # every acceptable answer; () means just `targets`
+
+    @property
+    def golds(self) -> tuple[str, ...]:
+        """The answers EM and SoftEM compare with (the best one counts)."""
+        return self.gold_answers or (self.targets,)
 
     @property
     def label(self) -> int | None:
@@ -95,7 +101,8 @@ def load_examples(task_name: str, split: str, *, max_examples: int | None = None
             input_tokens=tuple(int(t) for t in row["inputs"]),
             target_tokens=tuple(int(t) for t in row["targets"]),
             choice_tokens=tuple(_eos_ended(vocabulary.encode(c), max_target_length,
-                                           vocabulary.eos_id) for c in choices)))
+                                           vocabulary.eos_id) for c in choices),
+            gold_answers=tuple(_text(g) for g in row.get("gold_answers", ()))))
     if not examples:
         raise UserError(f"task {task_name!r} split {split!r} has no examples")
     return examples, vocabulary
@@ -223,7 +230,7 @@ def _metrics(examples: Sequence[EvalExample], predictions: Sequence[str | None],
     if labeled:
         results["accuracy"] = metrics.accuracy(*zip(*labeled))
     if decode:
-        results.update(metrics.text_metrics(predictions, [e.targets for e in examples]))
+        results.update(metrics.text_metrics(predictions, [e.golds for e in examples]))
     return results
 
 

@@ -1,10 +1,13 @@
 """The per-target pipeline of ReCross and its baselines (SPEC §1.5-1.7).
 
-For each target task and query set: draw |Q| unlabeled query inputs (seeded, disjoint from the
-test examples and from the other query sets), retrieve |R| upstream examples with the method
-(never the target's own, should the pool hold them), re-learn a fresh copy of the upstream model
-on them, evaluate it on the target's test split, and write one JSON per (target, method, query
-set):
+For each target task and query set: take |Q| unlabeled query inputs (the task family's own query
+sets where it registers them with `corpus.register_query_source`, e.g. the ReCross release's
+BIG-bench targets; else seeded draws disjoint from the test inputs and from the other query sets),
+retrieve |R| upstream examples with the method (never the target's own, should the pool hold
+them), re-learn a fresh copy of the upstream model on them, evaluate it on the target's test
+split less every example that shares a raw example with the query set (`corpus.raw_example_id`:
+the same row under another template, or the same row), and write one JSON per (target, method,
+query set):
 
     <out_dir>/runs/<target>/<method>/query_set_<i>.json
 
@@ -81,6 +84,22 @@ def draw_query_sets(candidates: Sequence[dict], test_inputs: set[str], num_sets:
     order = np.random.default_rng(seed).permutation(len(usable))
     return [QuerySet(i, seed, tuple(usable[j] for j in order[i * num_queries:(i + 1) * num_queries]))
             for i in range(num_sets)]
+
+
+def target_query_sets(target: str, query_split: str, test_inputs: set[str], num_sets: int,
+                      num_queries: int, seed: int) -> list[QuerySet]:
+    """The target's query sets: its task family's own when registered, else seeded draws from
+    `query_split` (see `draw_query_sets`)."""
+    source = corpus.query_source(target)
+    if source is None:
+        return draw_query_sets(target_rows(target, query_split), test_inputs, num_sets, num_queries, seed)
+    return [QuerySet(i, seed, tuple(rows)) for i, rows in enumerate(source(num_sets, num_queries, seed))]
+
+
+def unseen_by(query_set: QuerySet, examples: Sequence[evaluate.EvalExample]) -> list[evaluate.EvalExample]:
+    """The test examples that share no raw example with the query set."""
+    seen = {corpus.raw_example_id(row["example_id"]) for row in query_set.rows}
+    return [e for e in examples if corpus.raw_example_id(e.example_id) not in seen]
 
 
 class Pipeline:
@@ -208,11 +227,12 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
             examples, pipeline.vocabulary = evaluate.load_examples(
                 target, eval_split, max_examples=max_eval_examples, max_input_length=max_input_length,
                 max_target_length=max_target_length)
-            query_sets = draw_query_sets(target_rows(target, query_split), {e.inputs for e in examples},
-                                         num_query_sets, num_queries, seed)
-            base_metrics = None
+            query_sets = target_query_sets(target, query_split, {e.inputs for e in examples},
+                                           num_query_sets, num_queries, seed)
+            base_metrics: dict[tuple[str, ...], dict] = {}  # by test set: query sets may share one
             for method in methods:
                 for query_set in query_sets:
+                    test = unseen_by(query_set, examples)
                     path = os.path.join(out_dir, "runs", target, method, f"query_set_{query_set.index}.json")
                     if os.path.isfile(path):
                         records.append(_read_json(path))
@@ -221,17 +241,22 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                     bar.set_postfix_str(f"{target} {method} q{query_set.index}")
                     record = {"target": target, "method": method, "query_set": query_set.index,
                               "seed": seed, "query_ids": [r["example_id"] for r in query_set.rows],
-                              "num_test_examples": len(examples), "time": {}}
+                              "num_test_examples": len(test), "time": {}}
+                    if not test:
+                        raise UserError(f"every test example of {target} shares a raw example with "
+                                        f"query set {query_set.index}")
                     if method == "base":
                         start = time.perf_counter()
-                        base_metrics = base_metrics or pipeline.evaluate(pipeline.params, examples)
-                        record.update(metrics=base_metrics, retrieved_ids=[], retrieved_tasks=[])
+                        test_ids = tuple(e.example_id for e in test)
+                        if test_ids not in base_metrics:
+                            base_metrics[test_ids] = pipeline.evaluate(pipeline.params, test)
+                        record.update(metrics=base_metrics[test_ids], retrieved_ids=[], retrieved_tasks=[])
                         record["time"]["evaluate"] = time.perf_counter() - start
                     else:
                         record["run_seed"] = run_seed(seed, target, query_set.index)
                         # The target is unseen by definition: its own examples are never retrieved,
                         # even from a pool that holds them.
-                        record.update(_run_method(pipeline, method, query_set, examples, num_retrieved,
+                        record.update(_run_method(pipeline, method, query_set, test, num_retrieved,
                                                   upsample_ratio, aggregation, (*exclude_tasks, target),
                                                   record["run_seed"]))
                     record["config"] = config

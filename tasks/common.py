@@ -1,7 +1,8 @@
 """What every task family shares: the example schema, stable ids, hashed splits, registration.
 
 Every example a task emits has the text fields of SPEC §0 -- `inputs`, `targets`,
-`answer_choices` (empty for generative tasks), `task`, `template`, `example_id` -- and, after
+`answer_choices` (empty for generative tasks), `task`, `template`, `example_id` -- plus
+`gold_answers`, every acceptable answer (`targets` first; EM and SoftEM take the best), and, after
 the task's preprocessors, the token ids `inputs` / `targets` with the text kept as
 `inputs_pretokenized` / `targets_pretokenized`.
 """
@@ -29,9 +30,13 @@ OUTPUT_FEATURES = {
 OUTPUT_SIGNATURE = {
     **{name: tf.TensorSpec(shape=(), dtype=tf.string) for name in TEXT_FIELDS},
     "answer_choices": tf.TensorSpec(shape=(None,), dtype=tf.string),
+    "gold_answers": tf.TensorSpec(shape=(None,), dtype=tf.string),
 }
 
 ExamplesFn = Callable[[str], Iterable[Mapping[str, object]]]
+# Registered task name -> the Python function behind its source, so its examples can be read
+# without tf.data (e.g. to train a vocabulary).
+_EXAMPLES_FNS: dict[str, ExamplesFn] = {}
 
 
 def example_id(task: str, split: str, template: str, index: int) -> str:
@@ -60,12 +65,18 @@ def hashed_split(key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: s
 
 
 def make_example(*, inputs: str, targets: str, answer_choices: Sequence[str], task: str,
-                 template: str, example_id: str) -> dict:  # pylint: disable=redefined-outer-name
-    """One example in the schema of SPEC §0 (plain Python strings)."""
+                 template: str, example_id: str,  # pylint: disable=redefined-outer-name
+                 gold_answers: Sequence[str] | None = None) -> dict:
+    """One example in the schema of SPEC §0 (plain Python strings); `gold_answers` defaults to
+    the one target."""
+    golds = list(gold_answers) if gold_answers else [targets]
+    if golds[0] != targets:
+        raise ValueError(f"gold_answers must start with the target {targets!r}, got {golds}")
     return {
         "inputs": inputs,
         "targets": targets,
         "answer_choices": list(answer_choices),
+        "gold_answers": golds,
         "task": task,
         "template": template,
         "example_id": example_id,
@@ -90,6 +101,7 @@ def register_task(name: str, examples_fn: ExamplesFn, *,
     The task tokenizes `inputs` and `targets` with the project vocabulary and appends EOS;
     the other fields pass through, so the pretokenized text stays available downstream.
     """
+    _EXAMPLES_FNS[name] = examples_fn
     source = seqio.FunctionDataSource(
         dataset_fn=lambda split, shuffle_files, seed=None: dataset_from_examples(examples_fn, split),
         splits=tuple(splits),
@@ -103,6 +115,12 @@ def register_task(name: str, examples_fn: ExamplesFn, *,
         output_features=OUTPUT_FEATURES,
         metric_fns=list(metric_fns),
     )
+
+
+def python_examples(name: str, split: str) -> list[dict] | None:
+    """The examples of a task registered here, read in Python; None for any other task."""
+    examples_fn = _EXAMPLES_FNS.get(name)
+    return None if examples_fn is None else [dict(example) for example in examples_fn(split)]
 
 
 def register_mixture(name: str, task_names: Sequence[str],

@@ -18,7 +18,6 @@ import itertools
 import os
 import random
 import re
-import sys
 from typing import Iterable, Iterator, Sequence
 
 import gin
@@ -29,7 +28,7 @@ from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_text_atomic
 
 EXTRA_IDS = 100
-DEFAULT_VOCAB_NAME = "recross_bigbench_upstream_8k.model"
+DEFAULT_VOCAB_NAME = "recross_t0_upstream_8k.model"
 
 
 def default_vocab_path() -> str:
@@ -44,7 +43,7 @@ def vocabulary_path(path: str | None = None) -> str:
     if not os.path.isfile(path):
         raise UserError(
             f"vocabulary file not found: {path} (run `recross vocab train --mixture "
-            "bigbench_upstream --size 8000 --out PATH` and bind tasks.vocab.vocabulary_path.path)")
+            "t0_upstream --size 8000 --out PATH` and bind tasks.vocab.vocabulary_path.path)")
     return path
 
 
@@ -237,19 +236,12 @@ def _expand(names: Sequence[str]) -> list[str]:
 def task_examples(name: str, split: str, limit: int | None = None) -> list[dict]:
     """The first `limit` examples of a registered task as plain Python dicts (SPEC §0 fields).
 
-    Task families that keep their examples in Python (`tasks.p3`, `tasks.jsonl`,
-    `tasks.bigbench`) are read directly; any other seqio task through its source as numpy.
+    Tasks registered through `tasks.common.register_task` are read in Python; any other seqio
+    task through its source as numpy.
     """
-    p3 = sys.modules.get("tasks.p3")
-    if p3 is not None and p3.is_p3_task(name):
-        return p3.examples(name, split, limit=limit)
-    jsonl = sys.modules.get("tasks.jsonl")
-    if jsonl is not None and jsonl.is_jsonl_task(name):
-        return jsonl.examples(name, split)[:limit]
-    bigbench = sys.modules.get("tasks.bigbench")
-    if name.startswith("bigbench.") and hasattr(bigbench, "examples"):
-        return list(bigbench.examples(name, split))[:limit]
-    return _seqio_examples(name, split, limit)
+    from tasks import common  # pylint: disable=import-outside-toplevel  (common imports this module)
+    examples = common.python_examples(name, split)
+    return examples[:limit] if examples is not None else _seqio_examples(name, split, limit)
 
 
 def _seqio_examples(name: str, split: str, limit: int | None) -> list[dict]:
