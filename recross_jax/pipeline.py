@@ -30,7 +30,7 @@ class PipelineConfig:
     out_dir: str
     upstream: str                       # upstream mixture
     targets: tuple[str, ...]            # held-out target tasks
-    tasks_module: str = "tasks.bigbench"
+    tasks_module: str = "tasks.recross"
     gin_bindings: tuple[str, ...] = ()  # applied to every data-reading stage (e.g. caps)
     vocab_size: int = 8000
     pool_cap: int = 100                 # upstream examples per task in the indexes

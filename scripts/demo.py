@@ -1,11 +1,12 @@
-"""`make demo`: the whole ReCross pipeline on the embedded BIG-bench corpus at mini scale.
+"""`make demo`: the whole ReCross pipeline on the embedded ReCross release at mini scale.
 
-Vocabulary → the mini T5 trained on a 64-task sample of the BIG-bench upstream mixture → the
-upstream encoder's index (ReCross) and a MiniLM index (SBERT) → mined distant supervision → the
-cross-encoder reranker → 3 held-out T0 targets × 5 methods × 2 query sets → the results table and
-the retrieved-task heatmap. Each stage is skipped when its outputs exist and its arguments are
-unchanged (`recross_jax/pipeline.py`), so a re-run is fast. Sizes keep it under 20 minutes on 2
-CPU cores; RESULTS.md has the full protocol. Output: `$RECROSS_DEMO_DIR` (default runs/demo).
+Vocabulary → the mini T5 trained on T0's upstream mixture (`t0_upstream`, 34 datasets, capped at
+100 examples per dataset) → the upstream encoder's index (ReCross) and a MiniLM index (SBERT) →
+mined distant supervision → the cross-encoder reranker → 3 of the paper's Table-1 targets × 5
+methods × 2 query sets → the results table and the retrieved-task heatmap. Each stage is skipped
+when its outputs exist and its arguments are unchanged (`recross_jax/pipeline.py`), so a re-run is
+fast. Sizes keep it under 20 minutes on 2 CPU cores; RESULTS.md has the stage times.
+Output: `$RECROSS_DEMO_DIR` (default runs/demo).
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from recross_jax import pipeline
 
 DEMO = pipeline.PipelineConfig(
     out_dir=os.environ.get("RECROSS_DEMO_DIR", os.path.join("runs", "demo")),
-    upstream="bigbench_upstream_sample",
-    targets=("bigbench.strategyqa", "bigbench.winowhy", "bigbench.logical_deduction.three_objects"),
-    gin_bindings=("tasks.bigbench.upstream_cap.cap=100",),
+    upstream="t0_upstream",
+    targets=("recross.super_glue_cb", "recross.super_glue_wic", "recross.winogrande_winogrande_xl"),
+    gin_bindings=("tasks.recross.upstream_cap.cap=100",),
 )
 
 if __name__ == "__main__":

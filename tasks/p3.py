@@ -13,7 +13,7 @@ unlabeled rows (label -1 or "", e.g. hidden test labels).
 Mixtures:
   - `t0_train`: every template of the 36 upstream datasets of ReCross (metax/config.py), i.e.
     T0's 38 training (dataset, subset) pairs without quarel and trec.
-  - `recross_targets`: the templates of the 10 ReCross targets that exact match can evaluate.
+  - `p3_recross_targets`: the templates of the 10 ReCross targets that exact match can evaluate.
     The rule (`evaluable_by_exact_match`): the template's metadata says `original_task: true`
     and it either has answer choices (the target is one of them, so EM equals rank-classification
     accuracy) or its metric is `Squad` (squad_v2's extractive templates).
@@ -169,7 +169,7 @@ def template_seed(seed: int = 0) -> int:
 
 
 def evaluable_by_exact_match(template) -> bool:
-    """Whether exact match evaluates the template, the rule behind `recross_targets`.
+    """Whether exact match evaluates the template, the rule behind `p3_recross_targets`.
 
     The template must ask for the dataset's original task, and either have answer choices (the
     target is one of them) or be scored like SQuAD (an extractive span).
@@ -346,7 +346,7 @@ def _register_all() -> None:
     targets = _register(RECROSS_TARGET_DATASETS, keep=evaluable_by_exact_match)
     for dataset_name, names in targets.items():
         common.register_mixture(f"p3.{dataset_name}", names)
-    common.register_mixture("recross_targets",
+    common.register_mixture("p3_recross_targets",
                             [name for names in targets.values() for name in names])
 
 

@@ -173,7 +173,7 @@ def test_random_prompt_choices_are_seeded():
 
 def test_mixtures_hold_t0_training_and_evaluable_target_templates():
     t0_train = [task.name for task in seqio.MixtureRegistry.get("t0_train").tasks]
-    targets = [task.name for task in seqio.MixtureRegistry.get("recross_targets").tasks]
+    targets = [task.name for task in seqio.MixtureRegistry.get("p3_recross_targets").tasks]
     assert len(t0_train) == 290
     assert len({p3.get_task(name).dataset for name in t0_train}) == 36
     assert len(targets) == 80
