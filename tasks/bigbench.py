@@ -1,10 +1,23 @@
-"""BIG-bench JSON tasks as SeqIO tasks: the offline embedded corpus (SPEC §4).
+"""BIG-bench JSON tasks as SeqIO tasks, read from a user's own BIG-bench checkout (SPEC §4).
+
+An option, never a requirement: the project's corpus is the embedded ReCross release
+(`tasks/recross.py`), and BIG-bench's JSON tasks cannot be had from a package registry any more.
+Importing this module reads nothing, fetches nothing and registers nothing, unless a checkout is
+given, in one of three ways:
+  - `$RECROSS_BIGBENCH_DIR`: registered when the module is imported;
+  - gin: `tasks.bigbench.register_checkout.tasks_dir = '/path'` (in a gin file after
+    `import tasks.bigbench`, or `--gin.tasks.bigbench.register_checkout.tasks_dir=...`):
+    registered when the gin config is finalized, as every `recross` command does after parsing;
+  - Python: `register_checkout(path)`, or `register_bigbench(path, cap, prefix)`.
+A checkout is a clone of google/BIG-bench or its `bigbench/benchmark_tasks` directory. Asking
+for a `bigbench.*` task or mixture through this module with none given is a UserError saying what
+to set.
 
 Tasks. One task per JSON task directory of `benchmark_tasks`, named `bigbench.<task>`, or per
 subtask directory, named `bigbench.<task>.<subtask>`. A task whose directory has subtask
 directories is a container (its own task.json has no examples) and contributes only its
 subtasks. Programmatic tasks (a `task.py` and no task.json) have no JSON examples to read and
-are skipped: the asset keeps only task.json files, so they never appear.
+are skipped.
 
 Format (template `zero_shot`), following BIG-bench's JSON conventions:
   inputs = task_prefix + example_input_prefix + input [+ choices] + example_output_prefix
@@ -35,9 +48,10 @@ tasks' train splits are capped at the source too (`examples`, `num_examples` and
 datasets hold the first `cap` examples, a uniform sample), so upstream data D is the capped pool
 and training on the mixture never reads a task's uncapped train split into memory.
 
-Import cost. Registration reads only the directory listing. Example counts (`num_examples`,
-used by the mixing rates) come from a small index in the asset cache, built once by reading
-every task.json; examples are read from JSON in Python on demand, without tf.data.
+Registration cost. Registering a checkout reads only its directory listing. Example counts
+(`num_examples`, used by the mixing rates) come from a small index in the asset cache
+(`$RECROSS_CACHE`), built once by reading every task.json; examples are read from JSON in Python
+on demand, without tf.data.
 """
 from __future__ import annotations
 
@@ -76,6 +90,11 @@ INPUT_PREFIX = "\nQ: "
 OUTPUT_PREFIX = "\nA: "
 CHOICE_PREFIX = "\n  choice: "
 _INDEX_VERSION = 1
+# Where a user names their checkout.
+ENV_VAR = "RECROSS_BIGBENCH_DIR"
+GIN_PARAMETER = "tasks.bigbench.register_checkout.tasks_dir"
+NO_CHECKOUT = (f"no BIG-bench checkout given: set ${ENV_VAR} or bind {GIN_PARAMETER} to a clone "
+               "of google/BIG-bench (or its bigbench/benchmark_tasks directory)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +178,8 @@ def num_examples(task_name: str, split: str) -> int:
 def pool(mixture_name: str, split: str = "train") -> Iterator[dict]:
     """The examples of a BIG-bench mixture read as a finite pool: at most `cap` per task."""
     if mixture_name not in _MIXTURE_CAPS:
+        if mixture_name.startswith(PREFIX + "_") and not _checkout_given():
+            raise UserError(f"BIG-bench mixture {mixture_name!r}: {NO_CHECKOUT}")
         raise UserError(f"unknown BIG-bench mixture {mixture_name!r} "
                         f"(known: {', '.join(sorted(_MIXTURE_CAPS))})")
     cap = _MIXTURE_CAPS[mixture_name]()
@@ -173,10 +194,10 @@ def _train_cap(task_name: str, split: str) -> int | None:
 
 
 def register_bigbench(tasks_dir: str, cap: int | None = None, prefix: str = PREFIX) -> list[str]:
-    """Registers a task per JSON task/subtask under `tasks_dir`, and the two mixtures.
+    """Registers a task per JSON task/subtask under `tasks_dir`, and the mixtures.
 
     Args:
-      tasks_dir: a BIG-bench `benchmark_tasks` directory.
+      tasks_dir: a BIG-bench checkout or its `bigbench/benchmark_tasks` directory.
       cap: the per-task cap of `<prefix>_upstream`; None reads `upstream_cap()` (gin) when
         the mixture is used.
       prefix: the namespace of the task names (`<prefix>.<task>`) and mixtures
@@ -187,7 +208,7 @@ def register_bigbench(tasks_dir: str, cap: int | None = None, prefix: str = PREF
     """
     if cap is not None and cap < 1:
         raise UserError(f"BIG-bench per-task cap must be positive, got {cap}")
-    tasks_dir = os.path.abspath(tasks_dir)
+    tasks_dir = benchmark_tasks_dir(tasks_dir)
     # Re-registering a directory re-reads it: its files may have changed since.
     _index.cache_clear()
     _load.cache_clear()
@@ -220,6 +241,48 @@ def register_bigbench(tasks_dir: str, cap: int | None = None, prefix: str = PREF
     return names
 
 
+@gin.configurable
+def register_checkout(tasks_dir: str) -> list[str]:
+    """Registers the `bigbench.*` tasks and mixtures of a user's BIG-bench checkout.
+
+    Gin may bind `tasks_dir` (`GIN_PARAMETER`): the checkout is then registered when the config
+    is finalized. Returns the registered task names.
+
+    Raises:
+      UserError: `tasks_dir` is not a directory, or holds no task.json files.
+    """
+    return _register_named(tasks_dir, GIN_PARAMETER)
+
+
+def benchmark_tasks_dir(path: str) -> str:
+    """The `benchmark_tasks` directory of a BIG-bench checkout, or `path` itself if it is one
+    (a checkout has `bigbench/benchmark_tasks`; a tasks directory holds only task folders)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    nested = os.path.join(path, "bigbench", "benchmark_tasks")
+    return nested if os.path.isdir(nested) else path
+
+
+def _register_named(tasks_dir: str, source: str) -> list[str]:
+    """Registers the checkout that `source` (a variable or gin parameter) names."""
+    if not os.path.isdir(os.path.expanduser(tasks_dir)):
+        raise UserError(f"{source} is not a directory: {tasks_dir}")
+    return register_bigbench(tasks_dir)
+
+
+@gin.config.register_finalize_hook
+def _register_bound_checkout(config) -> None:
+    """Registers the checkout bound to `GIN_PARAMETER`, if any: gin files and flags are parsed
+    after this module is imported, so the binding is known only when the config is finalized."""
+    del config  # read through gin, which resolves macros and references
+    tasks_dir = gin.get_bindings(register_checkout).get("tasks_dir")
+    if tasks_dir is not None:
+        _register_named(tasks_dir, GIN_PARAMETER)
+
+
+def _checkout_given() -> bool:
+    return any(name.startswith(PREFIX + ".") for name in _TASK_FILES)
+
+
 def _sample(names: list[str], size: int) -> list[str]:
     """A fixed pseudo-random subset of `names` (by a hash of each name), in sorted order."""
     return sorted(sorted(names, key=lambda name: _digest(f"sample|{name}"))[:size])
@@ -234,6 +297,8 @@ def _capped_rate(task: seqio.Task, cap_fn: Callable[[], int | None]) -> float:
 
 def _task_file(task_name: str) -> _TaskFile:
     if task_name not in _TASK_FILES:
+        if task_name.startswith(PREFIX + ".") and not _checkout_given():
+            raise UserError(f"BIG-bench task {task_name!r}: {NO_CHECKOUT}")
         raise UserError(f"unknown BIG-bench task {task_name!r} (see `recross data list`)")
     return _TASK_FILES[task_name]
 
@@ -342,8 +407,11 @@ def _index(tasks_dir: str) -> dict[str, dict[str, int]]:
     return counts
 
 
-def _register_default() -> None:
-    register_bigbench(assets.bigbench_tasks_dir())
+def _register_from_environment() -> None:
+    """Registers the checkout named by `$RECROSS_BIGBENCH_DIR`, if set (nothing otherwise)."""
+    tasks_dir = os.environ.get(ENV_VAR)
+    if tasks_dir:
+        _register_named(tasks_dir, f"${ENV_VAR}")
 
 
-_register_default()
+_register_from_environment()

@@ -1,4 +1,5 @@
-"""A tiny BIG-bench `benchmark_tasks` directory with every case tasks/bigbench.py handles."""
+"""A tiny BIG-bench `benchmark_tasks` directory with every case tasks/bigbench.py handles, alone
+or inside a checkout-shaped folder."""
 from __future__ import annotations
 
 import json
@@ -90,3 +91,12 @@ def write_tasks_dir(root: str) -> str:
     with open(os.path.join(tasks_dir, "programmatic", "task.py"), "w", encoding="utf-8") as f:
         f.write("# generates its examples in Python\n")
     return tasks_dir
+
+
+def write_checkout(root: str) -> str:
+    """Writes the fake tasks where a BIG-bench checkout has them (`bigbench/benchmark_tasks`
+    under `root`, beside other files); returns `root`."""
+    write_tasks_dir(os.path.join(root, "bigbench"))
+    with open(os.path.join(root, "README.md"), "w", encoding="utf-8") as f:
+        f.write("# BIG-bench\n")
+    return root
