@@ -30,21 +30,16 @@ read when a split is iterated, from the first of:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import importlib.util
 import os
-import random
 import re
-import sys
-import types
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import gin
 
 from recross_jax.errors import UserError
-from tasks import common
+from tasks import common, promptsource_templates
 from tasks.jsonl import read_jsonl
 
 SPLITS = common.SPLITS
@@ -179,53 +174,9 @@ def evaluable_by_exact_match(template) -> bool:
         template.get_answer_choices_expr() is not None or "Squad" in (metadata.metrics or []))
 
 
-# promptsource's `choice` filter draws from the global `random` module, which would make
-# prompted targets change from run to run; this generator is re-seeded per row instead.
-_ROW_RNG = random.Random()
-
-
-def _seeded_choice(sequence: Sequence):
-    return _ROW_RNG.choice(sequence)
-
-
-@contextlib.contextmanager
-def _pkg_resources_shim() -> Iterator[None]:
-    """Lets promptsource 0.2.3 import where setuptools no longer ships `pkg_resources`.
-
-    promptsource only calls `pkg_resources.resource_filename` at import, to find its bundled
-    templates; the stand-in answers that one call and is removed afterwards, so nothing else
-    mistakes it for the real module.
-    """
-    try:
-        import pkg_resources  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-        yield
-        return
-    except ImportError:
-        pass
-    shim = types.ModuleType("pkg_resources")
-    shim.resource_filename = lambda package, resource: os.path.join(
-        os.path.dirname(importlib.util.find_spec(package).origin), resource)
-    sys.modules["pkg_resources"] = shim
-    try:
-        yield
-    finally:
-        if sys.modules.get("pkg_resources") is shim:
-            del sys.modules["pkg_resources"]
-
-
-@functools.cache
-def _promptsource_templates():
-    """promptsource's `templates` module, with its random filter made seedable."""
-    with _pkg_resources_shim():
-        from promptsource import templates  # pylint: disable=import-outside-toplevel
-    templates.env.filters["choice"] = _seeded_choice
-    return templates
-
-
-@functools.cache
 def dataset_templates(dataset: P3Dataset):
     """promptsource's `DatasetTemplates` of a dataset, read from the bundled YAML."""
-    return _promptsource_templates().DatasetTemplates(dataset.hf_name, dataset.hf_subset)
+    return promptsource_templates.dataset_templates(dataset.hf_name, dataset.hf_subset)
 
 
 def get_task(name: str) -> P3Task:
@@ -257,7 +208,7 @@ def format_rows(name: str, rows: Iterable[Mapping], split: str,
             break
         if row.get(task.dataset.label_field, 0) in (-1, ""):
             continue
-        _ROW_RNG.seed(f"{seed}|{task.dataset.name}|{split}|{index}")
+        promptsource_templates.ROW_RNG.seed(f"{seed}|{task.dataset.name}|{split}|{index}")
         parts = template.apply(row)
         if len(parts) < 2 or not parts[0] or not parts[1]:
             continue

@@ -24,7 +24,7 @@ under several templates, and the release's `upstream-5000` and `validation-1000`
 examples of many datasets (different templates of one row; the README has the counts).
 
 Answer choices, in order of preference:
-  1. PromptSource's template (read through `tasks.p3`) when its choices are fixed
+  1. PromptSource's template (`tasks.promptsource_templates`) when its choices are fixed
      (`get_fixed_answer_choices_list`): anli, cb, wic, wsc, ...;
   2. BIG-bench inputs list their choices inline, one per `choice: ...` line;
   3. templates that print row-dependent choices in the input (`choices_in_prompt.json`) have one
@@ -56,7 +56,7 @@ import numpy as np
 
 from recross_jax import corpus
 from recross_jax.errors import UserError
-from tasks import common
+from tasks import common, promptsource_templates
 
 PREFIX = "recross"
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recross_release")
@@ -273,9 +273,7 @@ def answer_choices(dataset: str, template: str, inputs: str) -> list[str]:
 @functools.cache
 def _fixed_choices(dataset: str, template: str) -> tuple[str, ...]:
     """PromptSource's fixed answer choices of a template, or () (row-dependent or none)."""
-    from tasks import p3  # pylint: disable=import-outside-toplevel  (promptsource is slow to load)
-    hf_name, hf_subset = _promptsource_dataset(dataset)
-    templates = p3.dataset_templates(p3.P3Dataset(hf_name, hf_subset))
+    templates = promptsource_templates.dataset_templates(*_promptsource_dataset(dataset))
     if template not in templates.all_template_names:
         return ()
     return tuple(choice.strip() for choice in
