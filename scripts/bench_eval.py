@@ -1,10 +1,11 @@
-"""Benchmark: rank classification (`inference.rank_classify`) over BIG-bench-shaped test sets.
+"""Benchmark: rank classification (`inference.rank_classify`) over real targets' test sets.
 
     JAX_PLATFORMS=cpu python scripts/bench_eval.py --tasks winowhy strategyqa logic_grid_puzzle
 
-For each task, the first `--n` examples of its BIG-bench `task.json` (from the asset cache) give
-the lengths: every input and answer choice becomes random token ids, 1.4 per word plus one EOS
-(so no vocabulary is needed), inputs capped at `--max_length`. A randomly initialised T5 of
+For each dataset of the embedded ReCross release (`tasks.recross`; BIG-bench targets by
+default), the first `--n` examples of its test split give the lengths: every input and answer
+choice (a generative example's target) becomes random token ids, 1.4 per word plus one EOS (so
+no vocabulary is needed), inputs capped at `--max_length`. A randomly initialised T5 of
 `--model_gin` scores them; the seconds are the fastest of `--repeats` calls after a compiling
 one. Also printed: how many tokens the encoder batches hold against the real ones, with the
 examples in their given order and sorted by length (what `inference` does since it sorts).
@@ -13,10 +14,10 @@ Compare code states by running it with `PYTHONPATH=<worktree>`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -24,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_mining import model_config  # noqa: E402
 
-from recross_jax import assets, inference, partitioning, training  # noqa: E402
+from recross_jax import inference, partitioning, training  # noqa: E402
 from recross_jax.models import t5  # noqa: E402
 
 
@@ -33,19 +34,20 @@ def token_count(text: str, cap: int) -> int:
     return min(cap, int(1.4 * len(text.split())) + 1)
 
 
-def answers(example: dict) -> list[str]:
-    """A BIG-bench example's answer choices, or the (first) target of a generative one."""
-    target = example.get("target", "")
-    return list(example.get("target_scores") or [target if isinstance(target, str) else target[0]])
+def example_lengths(examples: Sequence[dict], max_length: int
+                    ) -> tuple[list[int], list[list[int]]]:
+    """Input lengths and per-example answer lengths (its choices, or its target if it has none)
+    of examples in SPEC §0's schema."""
+    inputs = [token_count(e["inputs"], max_length) for e in examples]
+    return inputs, [[token_count(a, 64) for a in e["answer_choices"] or [e["targets"]]]
+                    for e in examples]
 
 
-def task_lengths(task: str, n: int, max_length: int) -> tuple[list[int], list[list[int]]]:
-    """Input lengths and per-example choice lengths of a BIG-bench task's first n examples."""
-    path = os.path.join(assets.bigbench_tasks_dir(), task, "task.json")
-    with open(path, encoding="utf-8") as f:
-        examples = json.load(f)["examples"][:n]
-    inputs = [token_count(e["input"], max_length) for e in examples]
-    return inputs, [[token_count(a, 64) for a in answers(e)] for e in examples]
+def task_lengths(dataset: str, n: int, max_length: int) -> tuple[list[int], list[list[int]]]:
+    """`example_lengths` of the first n test examples of a dataset of the ReCross release (the
+    test split is in hash order, so they are a uniform sample)."""
+    from tasks import recross  # pylint: disable=import-outside-toplevel  (registers the release)
+    return example_lengths(recross.examples(recross.task_name(dataset), "test")[:n], max_length)
 
 
 def padded_tokens(lengths: np.ndarray, rows: int) -> int:
@@ -56,7 +58,8 @@ def padded_tokens(lengths: np.ndarray, rows: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["winowhy", "strategyqa", "logic_grid_puzzle"])
+    parser.add_argument("--tasks", nargs="+", default=["winowhy", "strategyqa", "logic_grid_puzzle"],
+                        help="datasets of the ReCross release (tasks recross.<dataset>)")
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--model_gin", default="gin/models/t5_1_1_mini.gin")
     parser.add_argument("--batch_size", type=int, default=inference.DEFAULT_BATCH_SIZE)

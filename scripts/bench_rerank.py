@@ -20,14 +20,14 @@ best of `--repeats` timed passes.
 `--dtype bfloat16` computes both sides' activations in bfloat16: ours with float32 parameters
 cast at each product (accumulated in float32), PyTorch's model converted with `.to(bfloat16)`.
 
-By default the texts are BIG-bench inputs from the asset cache: |Q| queries of one held-out
-target task and |R'| candidates drawn across the upstream tasks (seeded). Needs torch and
+By default the texts come from the ReCross release embedded in tasks/ (`tasks.recross`): |Q|
+test inputs of one target dataset (`--query_task`, a BIG-bench target by default) and |R'|
+candidates drawn across the T0 upstream tasks' training inputs (seeded). Needs torch and
 transformers.
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -39,35 +39,32 @@ import numpy as np
 from bench_workers import run_pinned
 
 
-def bigbench_texts(query_task: str, num_queries: int, num_candidates: int, seed: int
-                   ) -> tuple[list[str], list[str]]:
-    """Queries: inputs of a BIG-bench target task; candidates: at most 2 inputs from each of
-    shuffled upstream tasks (those not named after a target, SPEC 4)."""
+def release_texts(query_task: str, num_queries: int, num_candidates: int, seed: int
+                  ) -> tuple[list[str], list[str]]:
+    """Queries: test inputs of a dataset of the ReCross release; candidates: at most 2 training
+    inputs from each of the shuffled T0 upstream tasks (`t0_upstream`, SPEC 4)."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from recross_jax import assets  # pylint: disable=import-outside-toplevel
-    from tasks.bigbench import TARGETS  # pylint: disable=import-outside-toplevel
-    root = assets.bigbench_tasks_dir()
+    import seqio  # pylint: disable=import-outside-toplevel
+
+    from tasks import recross  # pylint: disable=import-outside-toplevel
     rng = np.random.default_rng(seed)
 
-    def inputs(path: str) -> list[str]:
-        with open(path, encoding="utf-8") as f:
-            return [e["input"] for e in json.load(f).get("examples", [])
-                    if isinstance(e.get("input"), str) and e["input"].strip()]
+    def inputs(task: str, split: str) -> list[str]:
+        return [e["inputs"] for e in recross.examples(task, split) if e["inputs"].strip()]
 
-    pool = inputs(os.path.join(root, query_task, "task.json"))
+    pool = inputs(recross.task_name(query_task), "test")
     if len(pool) < num_queries:
-        sys.exit(f"BIG-bench task {query_task} has {len(pool)} inputs, fewer than {num_queries}")
+        sys.exit(f"{query_task} has {len(pool)} test inputs, fewer than {num_queries}")
     queries = [pool[i] for i in rng.choice(len(pool), num_queries, replace=False)]
-    files = sorted(f for f in glob.glob(os.path.join(root, "**", "task.json"), recursive=True)
-                   if not any(t in os.path.relpath(f, root) for t in TARGETS))
+    upstream = sorted(task.name for task in seqio.MixtureRegistry.get("t0_upstream").tasks)
     candidates: list[str] = []
-    for path in (files[i] for i in rng.permutation(len(files))):
-        texts = inputs(path)
+    for task in (upstream[i] for i in rng.permutation(len(upstream))):
+        texts = inputs(task, "train")
         candidates += [texts[i] for i in rng.choice(len(texts), min(2, len(texts)),
                                                     replace=False)]
         if len(candidates) >= num_candidates:
             return queries, candidates[:num_candidates]
-    sys.exit(f"the upstream BIG-bench tasks hold fewer than {num_candidates} inputs")
+    sys.exit(f"the T0 upstream tasks hold fewer than {num_candidates} inputs")
 
 
 def file_texts(path: str, num_queries: int, num_candidates: int, seed: int
@@ -166,9 +163,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=16, help="|Q|")
     parser.add_argument("--candidates", type=int, default=64, help="|R'|")
     parser.add_argument("--query_task", default="winowhy",
-                        help="BIG-bench target task of the queries (default: winowhy, whose "
-                             "inputs have the median length of the 14 targets')")
-    parser.add_argument("--texts", help="JSONL with 'inputs' instead of BIG-bench")
+                        help="dataset of the ReCross release whose test inputs are the queries "
+                             "(default: winowhy, a BIG-bench target)")
+    parser.add_argument("--texts", help="JSONL with 'inputs' instead of the ReCross release")
     parser.add_argument("--batch_size", type=int, default=64,
                         help="pairs per PyTorch call; rows of 64 tokens per call of ours")
     parser.add_argument("--max_length", type=int, default=512, help="tokens per pair")
@@ -192,8 +189,8 @@ def main() -> None:
     if args.texts:
         queries, candidates = file_texts(args.texts, args.queries, args.candidates, args.seed)
     else:
-        queries, candidates = bigbench_texts(args.query_task, args.queries, args.candidates,
-                                             args.seed)
+        queries, candidates = release_texts(args.query_task, args.queries, args.candidates,
+                                            args.seed)
     cores = sorted(os.sched_getaffinity(0))[:args.cores]
     sides = [(side, name) for side, name in SIDES if not (args.skip_given and side == "torch_given")]
     results = {}

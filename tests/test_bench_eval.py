@@ -2,23 +2,40 @@
 import importlib.util
 import os
 
-import bigbench_fixtures as fx
 import numpy as np
+import pytest
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
-                      "bench_eval.py")
-spec = importlib.util.spec_from_file_location("bench_eval", SCRIPT)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(REPO, "tasks", "recross_release")
+spec = importlib.util.spec_from_file_location("bench_eval", os.path.join(REPO, "scripts",
+                                                                         "bench_eval.py"))
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
-def test_task_lengths_read_inputs_and_answer_choices(tmp_path, monkeypatch):
-    monkeypatch.setenv("RECROSS_BIGBENCH_DIR", fx.write_tasks_dir(str(tmp_path)))
-    inputs, choices = bench.task_lengths("mc_task", 3, max_length=6)
-    assert inputs == [5, 5, 6]  # 3 words: 1.4 x 3 + EOS; "What is 2 + 1?" (8) capped at 6
-    assert [len(c) for c in choices] == [3, 3, 4] and choices[0] == [2, 2, 2]
-    _, targets = bench.task_lengths("gen_task", 2, max_length=64)
-    assert targets == [[2], [2]]  # a list target counts its first answer
+def _example(inputs: str, targets: str, choices: list[str]) -> dict:
+    return {"inputs": inputs, "targets": targets, "answer_choices": choices, "task": "t",
+            "template": "default", "example_id": "t|test|default|#0"}
+
+
+def test_example_lengths_count_inputs_and_answer_choices_or_the_target():
+    examples = [_example("Which is largest?", "whale", ["cat", "dog", "whale"]),
+                _example("What is 2 + 1?", "3", ["3", "2", "4", "5"]),
+                _example("Say hi.", "hi there", [])]
+    inputs, answers = bench.example_lengths(examples, max_length=6)
+    # 1.4 per word + EOS: 3 words -> 5; "What is 2 + 1?" (5 words, 8) capped at 6.
+    assert inputs == [5, 6, 3]
+    assert answers == [[2, 2, 2], [2, 2, 2, 2], [3]]  # a generative example counts its target
+
+
+@pytest.mark.skipif(not os.path.isdir(RELEASE), reason="the embedded ReCross release is absent")
+def test_task_lengths_read_the_first_test_examples_of_a_release_dataset():
+    from tasks import recross  # pylint: disable=import-outside-toplevel
+    inputs, answers = bench.task_lengths("super_glue-cb", 5, max_length=16)
+    expected = recross.examples("recross.super_glue_cb", "test")[:5]
+    assert (inputs, answers) == bench.example_lengths(expected, max_length=16)
+    assert len(inputs) == 5 and max(inputs) <= 16
+    assert all(len(choices) == 3 for choices in answers)  # CB: entailment, contradiction, neutral
 
 
 def test_padded_tokens_pad_each_batch_to_its_longest_rows_bucket():
