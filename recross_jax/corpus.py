@@ -52,7 +52,6 @@ def get_provider(name: str):
     raise UserError(f"unknown task or mixture: {name!r} (see `recross data list [--mixtures]`)")
 
 
-@functools.cache
 def raw_example_id(example_id: str) -> str:
     """The raw example behind a prompted example: its id ("task|split|template|#index") without
     the template, so the prompted variants of one raw example share it."""
@@ -72,6 +71,7 @@ def query_source(task: str) -> QuerySource | None:
     return _QUERY_SOURCES.get(task)
 
 
+@functools.cache
 def keep_tensorflow_on_host() -> None:
     """Hides GPUs from TensorFlow, as T5X does: tf.data runs on the host, and a TensorFlow GPU
     context would take most of the accelerator's memory from JAX. Call it before TensorFlow runs

@@ -75,6 +75,7 @@ def test_cb_gpt3_style_formats_premise_hypothesis_and_label():
                   "True, False, or Neither?",
         "targets": "False",
         "answer_choices": ["True", "False", "Neither"],
+        "gold_answers": ["False"],
         "task": "super_glue_cb",
         "template": "GPT-3 style",
         "example_id": "super_glue_cb|validation|GPT-3 style|#0",
