@@ -169,14 +169,11 @@ def test_write_config_and_call_configurable(tmp_path):
         gin.clear_config()
 
 
-def test_upstream_gin_binds_the_mini_model_on_bigbench():
-    try:
-        import tasks.bigbench  # noqa: F401  (needs the BIG-bench asset)
-    except (ImportError, UserError) as e:
-        pytest.skip(f"BIG-bench tasks unavailable: {e}")
+def test_upstream_gin_binds_the_mini_model_on_the_embedded_t0_mixture():
+    import tasks.recross  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     try:
         gin_utils.parse(["gin/upstream.gin"], ["MODEL_DIR = '/tmp/unused'"])
-        assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "bigbench_upstream"
+        assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "t0_upstream"
         assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"inputs": 256, "targets": 32}
         model = gin_utils.call_configurable(
             __import__("recross_jax.models.t5", fromlist=["T5Config"]).T5Config)
