@@ -2,8 +2,9 @@
 
 Each line of a file is one prompted example, a JSON object with
   - `inputs` (string, required): the prompted input;
-  - `targets` (string, or a non-empty list of strings whose first one is the target; null marks
-    an unlabeled line, which is skipped, as are the TaskWeb lines a template did not apply to);
+  - `targets` (string, or a non-empty list of strings whose first one is the target and all of
+    which are gold answers for EM and SoftEM; null marks an unlabeled line, which is skipped, as
+    are the TaskWeb lines a template did not apply to);
   - `choices` (list of strings or null, optional): answer choices, for rank classification;
   - `task` (string, optional): the example's task, default the registered task name (a file
     may mix tasks; `register_jsonl_task(..., row_task=False)` ignores the field and names every
@@ -88,9 +89,8 @@ def parse_row(row: dict, *, where: str, task: str) -> dict | None:
     targets = row.get("targets")
     if targets is None:
         return None
-    if isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets):
-        targets = targets[0]
-    if not isinstance(targets, str):
+    golds = targets if isinstance(targets, list) else [targets]
+    if not golds or not all(isinstance(t, str) for t in golds):
         raise UserError(f"{where}: `targets` must be a string or a non-empty list of strings, "
                         f"got {_kind(targets)}")
     choices = row.get("choices")
@@ -101,7 +101,7 @@ def parse_row(row: dict, *, where: str, task: str) -> dict | None:
     for key in ("task", "template"):
         if key in row and not isinstance(row[key], str):
             raise UserError(f"{where}: `{key}` must be a string, got {_kind(row[key])}")
-    return {"inputs": inputs, "targets": targets, "answer_choices": choices,
+    return {"inputs": inputs, "targets": golds[0], "gold_answers": golds, "answer_choices": choices,
             "task": row.get("task", task), "template": row.get("template", DEFAULT_TEMPLATE)}
 
 

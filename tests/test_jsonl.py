@@ -85,11 +85,12 @@ def test_optional_fields_and_unlabeled_lines(tmp_path):
     jsonl.register_jsonl_task("test_jsonl.fields", os.path.dirname(path))
     examples = jsonl.examples("test_jsonl.fields", "train")
     assert examples == [
-        {"inputs": "Translate: chat", "targets": "cat", "answer_choices": [],
-         "task": "test_jsonl.fields", "template": "default",
+        {"inputs": "Translate: chat", "targets": "cat", "gold_answers": ["cat", "kitty"],
+         "answer_choices": [], "task": "test_jsonl.fields", "template": "default",
          "example_id": "test_jsonl.fields|train|default|#0"},
-        {"inputs": "2+2=", "targets": "4", "answer_choices": [], "task": "test_jsonl.fields",
-         "template": "arith", "example_id": "test_jsonl.fields|train|arith|#3"},
+        {"inputs": "2+2=", "targets": "4", "gold_answers": ["4"], "answer_choices": [],
+         "task": "test_jsonl.fields", "template": "arith",
+         "example_id": "test_jsonl.fields|train|arith|#3"},
     ]
 
 
