@@ -9,21 +9,26 @@ Each line of a file is one prompted example, a JSON object with
   - `task` (string, optional): the example's task, default the registered task name (a file
     may mix tasks; `register_jsonl_task(..., row_task=False)` ignores the field and names every
     example by the registered task, as TaskWeb's one-task files need);
-  - `template` (string, optional): the prompt's name, default "default".
+  - `template` (string, optional): the prompt's name, default "default";
+  - `raw_id` (string, optional): names the raw example the line was prompted from, so that the
+    prompted variants of one raw example (one per template) share it.
 Other fields are ignored; blank lines are skipped. A line that breaks these rules is a
 `UserError` naming the file and the line number.
 
 Splits (`register_jsonl_task`):
   - a directory holding `train.jsonl`, `validation.jsonl` and/or `test.jsonl`: one split per file
     present;
-  - a single file: every line goes to train/validation/test by hashing its task, inputs and
-    targets (`tasks.common.hashed_split`), so the split never depends on line order and
-    duplicates stay together. Prompted variants of one raw example differ in `inputs`, so they
-    may land in different splits.
+  - a single file: every line goes to train/validation/test by a hash (`tasks.common.hashed_split`)
+    of its task and `raw_id`, so all prompted variants of one raw example land in one split; a
+    line without `raw_id` hashes its task, inputs and targets, so prompted variants of one raw
+    example (which differ in `inputs`) may land in different splits. Either way the split never
+    depends on line order and duplicates stay together.
 Example ids are "task name|split|template|#line" with the 0-based line in its file.
 
 TaskWeb (SPEC §4): tasks `p3mini.<task>` over `<taskweb_dir>/<task>.jsonl` and mixtures
-`p3mini_upstream` / `p3mini_targets`. The directory comes from gin
+`p3mini_upstream` / `p3mini_targets`. TaskWeb's lines carry no `raw_id` (nothing in them names
+the raw example a line was prompted from), so their split stays per line and the prompted
+variants of one raw example can straddle train and test. The directory comes from gin
 (`tasks.jsonl.taskweb_dir.path`), else `$RECROSS_TASKWEB_DIR`, else `../shared/data/taskweb/tasks`
 beside the repository; it is looked up when a task is iterated, so gin files may bind it after
 importing this module, and a missing directory is a `UserError` then.
@@ -76,7 +81,8 @@ def _read_jsonl(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, dict], 
 
 
 def parse_row(row: dict, *, where: str, task: str) -> dict | None:
-    """Checks one row; returns its fields, or None for an unlabeled row (null `targets`).
+    """Checks one row; returns its example fields (SPEC §0, without `example_id`; a valid
+    `raw_id` stays in `row`), or None for an unlabeled row (null `targets`).
 
     Args:
       row: the JSON object of one line.
@@ -98,7 +104,7 @@ def parse_row(row: dict, *, where: str, task: str) -> dict | None:
         choices = []
     if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
         raise UserError(f"{where}: `choices` must be a list of strings, got {_kind(choices)}")
-    for key in ("task", "template"):
+    for key in ("task", "template", "raw_id"):
         if key in row and not isinstance(row[key], str):
             raise UserError(f"{where}: `{key}` must be a string, got {_kind(row[key])}")
     return {"inputs": inputs, "targets": golds[0], "gold_answers": golds, "answer_choices": choices,
@@ -164,14 +170,21 @@ class JsonlTask:
             if fields is None:
                 continue
             if hashed and common.hashed_split(
-                    "\x1f".join((fields["task"], fields["inputs"], fields["targets"])),
-                    self.fractions, self.salt) != split:
+                    _split_key(fields, row.get("raw_id")), self.fractions, self.salt) != split:
                 continue
             if not self.row_task:
                 fields["task"] = self.name
             example_id = common.example_id(self.name, split, fields["template"], line_no)
             result.append(common.make_example(**fields, example_id=example_id))
         return result
+
+
+def _split_key(fields: dict, raw_id: str | None) -> str:
+    """What a line's hashed split keys on: its task and raw example when the line names it,
+    else its task, inputs and targets. (The row's own task: `row_task` does not move lines.)"""
+    parts = (fields["task"], raw_id) if raw_id is not None else (
+        fields["task"], fields["inputs"], fields["targets"])
+    return "\x1f".join(parts)
 
 
 _TASKS: dict[str, JsonlTask] = {}

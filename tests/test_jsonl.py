@@ -50,6 +50,41 @@ def test_hashed_split_is_disjoint_complete_and_independent_of_line_order(tmp_pat
     assert {e["inputs"] for e in jsonl.examples("test_jsonl.salted", "test")} != set(inputs["test"])
 
 
+def _variants(n_raw, raw_id=True):
+    """Three prompted variants (templates) of each of `n_raw` raw examples."""
+    rows = []
+    for i in range(n_raw):
+        for template, prompt in (("ask", "Is {} even?"), ("say", "Say whether {} is even."),
+                                 ("tf", "{} is even. True or false?")):
+            rows.append({"inputs": prompt.format(i), "targets": "yes" if i % 2 == 0 else "no",
+                         "template": template, "task": "parity"}
+                        | ({"raw_id": f"number {i}"} if raw_id else {}))
+    return rows
+
+
+def test_prompt_variants_sharing_a_raw_id_land_in_one_split(tmp_path):
+    rows = _variants(40)
+    jsonl.register_jsonl_task("test_jsonl.raw", _write(tmp_path / "raw.jsonl", rows))
+    raw_of = {r["inputs"]: r["raw_id"] for r in rows}
+    split_of = {}
+    for split in ("train", "validation", "test"):
+        examples = jsonl.examples("test_jsonl.raw", split)
+        assert examples, split
+        for example in examples:
+            assert split_of.setdefault(raw_of[example["inputs"]], split) == split
+    assert len(split_of) == 40
+    assert sum(len(jsonl.examples("test_jsonl.raw", s)) for s in ("train", "validation", "test")) == 120
+
+    # Without raw_id each line is hashed on its own: the variants of some raw examples straddle.
+    jsonl.register_jsonl_task("test_jsonl.per_line", _write(tmp_path / "lines.jsonl",
+                                                            _variants(40, raw_id=False)))
+    splits_of_raw = {}
+    for split in ("train", "validation", "test"):
+        for example in jsonl.examples("test_jsonl.per_line", split):
+            splits_of_raw.setdefault(raw_of[example["inputs"]], set()).add(split)
+    assert any(len(splits) > 1 for splits in splits_of_raw.values())
+
+
 def test_row_task_false_names_examples_by_the_registered_task_and_keeps_the_split(tmp_path):
     path = _write(tmp_path / "a.jsonl", _rows(40))
     jsonl.register_jsonl_task("test_jsonl.by_row", path)
@@ -112,12 +147,19 @@ def test_seqio_source_yields_the_schema(tmp_path):
     ('{"inputs": "x", "targets": "y", "choices": "y"}', "`choices` must be a list of strings"),
     ('{"inputs": "x", "targets": "y", "choices": [1]}', "`choices` must be a list of strings"),
     ('{"inputs": "x", "targets": "y", "task": 7}', "`task` must be a string"),
+    ('{"inputs": "x", "targets": "y", "raw_id": 7}', "`raw_id` must be a string, got int"),
+    ('{"inputs": "x", "targets": "y", "raw_id": null}', "`raw_id` must be a string, got null"),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, line, problem):
     path = _write(tmp_path / "bad" / "train.jsonl", _rows(2) + [line])
     jsonl.register_jsonl_task("test_jsonl.bad", os.path.dirname(path))
-    with pytest.raises(UserError, match=f"{path}:3: {problem}"):
+    with pytest.raises(UserError, match=f"^{path}:3: {problem}") as info:
         jsonl.examples("test_jsonl.bad", "train")
+    assert "\n" not in str(info.value)
+    # A single (hashed) file checks its lines the same way.
+    jsonl.register_jsonl_task("test_jsonl.bad_hashed", path)
+    with pytest.raises(UserError, match=f"^{path}:3: {problem}"):
+        jsonl.examples("test_jsonl.bad_hashed", "test")
 
 
 def test_missing_or_empty_paths_and_bad_fractions(tmp_path):
