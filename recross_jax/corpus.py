@@ -23,6 +23,9 @@ QuerySource = Callable[[int, int, int], list[list[dict]]]
 # Task name -> where its query sets come from, for task families that ship their own (the ReCross
 # release's BIG-bench targets come with the authors' query sets).
 _QUERY_SOURCES: dict[str, QuerySource] = {}
+# Name prefix -> a function saying why such a name is unknown (or None), for task families whose
+# tasks register only when asked (e.g. `bigbench.*` needs a BIG-bench checkout).
+_UNKNOWN_NAME_HINTS: dict[str, Callable[[], str | None]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +46,20 @@ def list_names(mixtures: bool = False) -> list[str]:
 
 
 def get_provider(name: str):
-    """The registered task or mixture `name`, or a UserError pointing at `recross data list`."""
+    """The registered task or mixture `name`, or a UserError saying what to do instead."""
     import seqio  # pylint: disable=import-outside-toplevel
     if name in seqio.TaskRegistry.names():
         return seqio.TaskRegistry.get(name)
     if name in seqio.MixtureRegistry.names():
         return seqio.MixtureRegistry.get(name)
-    raise UserError(f"unknown task or mixture: {name!r} (see `recross data list [--mixtures]`)")
+    hints = (hint() for prefix, hint in _UNKNOWN_NAME_HINTS.items() if name.startswith(prefix))
+    reason = next((h for h in hints if h), "see `recross data list [--mixtures]`")
+    raise UserError(f"unknown task or mixture: {name!r} ({reason})")
+
+
+def register_unknown_name_hint(prefix: str, hint: Callable[[], str | None]) -> None:
+    """Makes an unknown name starting with `prefix` explain itself with `hint()` (when not None)."""
+    _UNKNOWN_NAME_HINTS[prefix] = hint
 
 
 def raw_example_id(example_id: str) -> str:

@@ -35,15 +35,6 @@ def _check_lengths(sequence_length: Mapping[str, int]) -> dict[str, int]:
     return lengths
 
 
-def _provider(mixture_or_task: str) -> seqio.DatasetProviderBase:
-    try:
-        return seqio.get_mixture_or_task(mixture_or_task)
-    except ValueError as e:
-        raise UserError(f"unknown task or mixture {mixture_or_task!r} (is the module that "
-                        "registers it imported, e.g. `import tasks.bigbench` in the gin "
-                        "file?)") from e
-
-
 def get_dataset(mixture_or_task: str, split: str, batch_size: int,
                 sequence_length: Mapping[str, int], pack: bool = False,
                 shuffle: bool = True, seed: int = 0, repeat: bool = True,
@@ -69,7 +60,7 @@ def get_dataset(mixture_or_task: str, split: str, batch_size: int,
         raise UserError(f"batch_size {batch_size} must be a positive multiple of the "
                         f"{num_shards} data shards")
     lengths = _check_lengths(sequence_length)
-    provider = _provider(mixture_or_task)
+    provider = corpus.get_provider(mixture_or_task)
     if split not in provider.splits:
         raise UserError(f"{mixture_or_task!r} has no split {split!r} (has "
                         f"{', '.join(provider.splits)})")

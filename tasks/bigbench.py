@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterator, Mapping
 import gin
 import seqio
 
-from recross_jax import assets
+from recross_jax import assets, corpus
 from recross_jax.errors import UserError
 from recross_jax.io_utils import write_json_atomic
 from tasks import common
@@ -415,3 +415,4 @@ def _register_from_environment() -> None:
 
 
 _register_from_environment()
+corpus.register_unknown_name_hint(PREFIX, lambda: None if _checkout_given() else NO_CHECKOUT)

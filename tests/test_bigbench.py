@@ -17,7 +17,7 @@ import gin
 import pytest
 import seqio
 
-from recross_jax import assets, gin_utils
+from recross_jax import assets, corpus, gin_utils
 from recross_jax.errors import UserError
 from tasks import bigbench as bb
 
@@ -368,3 +368,10 @@ def test_real_examples():
     assert addition["answer_choices"] == [] and re.fullmatch(r"Q: What is \d plus \d\?\nA:",
                                                              addition["inputs"])
     assert int(addition["targets"]) == sum(map(int, re.findall(r"\d", addition["inputs"])))
+
+
+def test_commands_name_the_missing_checkout_for_bigbench_names(monkeypatch):
+    monkeypatch.setattr(bb, "_checkout_given", lambda: False)
+    with pytest.raises(UserError, match=r"unknown task or mixture: 'bigbench.nope' \(no BIG-bench "
+                                        r"checkout given: set \$RECROSS_BIGBENCH_DIR"):
+        corpus.get_provider("bigbench.nope")

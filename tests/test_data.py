@@ -125,7 +125,7 @@ def test_shards_split_the_batch():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(mixture_or_task="toy_data.nope"), "unknown task or mixture 'toy_data.nope'"),
+    (dict(mixture_or_task="toy_data.nope"), "unknown task or mixture: 'toy_data.nope'"),
     (dict(sequence_length={"inputs": 8}), "sequence_length lacks 'targets'"),
     (dict(sequence_length={"inputs": 8, "targets": 0}), r"sequence_length\['targets'\] must be"),
     (dict(split="dev"), "has no split 'dev'"),
