@@ -203,11 +203,6 @@ def task_name(dataset: str) -> str:
     return f"{PREFIX}.{re.sub(r'[^A-Za-z0-9_]+', '_', dataset).strip('_')}"
 
 
-def raw_key(example_id: str) -> str:
-    """The raw example behind a release id (the id without its template part)."""
-    return corpus.raw_example_id(example_id)
-
-
 @gin.configurable
 def standin_split(validation_fraction: float = 0.2, seed: int = 0) -> tuple[float, int]:
     """The share of raw examples of a stand-in dataset's `validation-1000` that becomes its
@@ -246,7 +241,7 @@ def _rows(dataset: str, split: str) -> list[list]:
     if dataset in STANDIN_DATASETS and split in ("train", "validation"):
         fraction, seed = standin_split()
         rows = [row for row in read_file(f"{dataset}/{SPLIT_FILES['validation']}")
-                if (common.hashed_split(raw_key(row[2]), (1 - fraction, fraction, 0.0),
+                if (common.hashed_split(corpus.raw_example_id(row[2]), (1 - fraction, fraction, 0.0),
                                         salt=f"{seed}|") == "validation") == (split == "validation")]
     else:
         rows = read_file(f"{dataset}/{SPLIT_FILES[split]}")
@@ -295,14 +290,7 @@ def examples(name: str, split: str) -> list[dict]:
     dataset = _dataset_of(name)
     rows = _rows(dataset, split)
     cap = upstream_cap() if split == "train" and name in _UPSTREAM_TASKS else None
-    result = []
-    for inputs, outputs, release_id in rows[:cap]:
-        template = release_id.split("|")[2]
-        result.append(common.make_example(
-            inputs=inputs, targets=outputs[0], gold_answers=outputs,
-            answer_choices=answer_choices(dataset, template, inputs), task=name,
-            template=template, example_id=release_id))
-    return result
+    return _examples_of(dataset, name, rows[:cap])
 
 
 def num_examples(name: str, split: str) -> int:
@@ -346,6 +334,7 @@ def query_sets(name: str, num_sets: int, num_queries: int, seed: int) -> list[li
 
 
 def _examples_of(dataset: str, name: str, rows: Sequence[list]) -> list[dict]:
+    """Release rows `[input, [output, ...], id]` as examples of task `name`."""
     return [common.make_example(
         inputs=inputs, targets=outputs[0], gold_answers=outputs,
         answer_choices=answer_choices(dataset, release_id.split("|")[2], inputs), task=name,
@@ -375,12 +364,6 @@ def datasets() -> list[str]:
     return sorted({path.split("/")[0] for path in _manifest(data_dir()) if "/" in path})
 
 
-def upstream_datasets(mixture: str) -> list[str]:
-    """The datasets of an upstream mixture that the release has files for (split.json order)."""
-    members = read_file("split.json")[UPSTREAM_SETS[mixture]]
-    return [dataset for dataset in members if dataset not in MISSING_DATASETS]
-
-
 def _register(dataset: str) -> str:
     name = task_name(dataset)
     _DATASETS[name] = dataset
@@ -389,8 +372,8 @@ def _register(dataset: str) -> str:
 
 
 def register_all() -> None:
-    """Registers a task per dataset and the five mixtures (reads only the manifest and, for the
-    upstream mixtures' members, split.json when a mixture is first asked for its tasks)."""
+    """Registers a task per dataset, the five mixtures and the targets' query sets (reads only
+    the manifest)."""
     for dataset in datasets():
         _register(dataset)
     for mixture, split_name in UPSTREAM_SETS.items():
