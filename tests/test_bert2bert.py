@@ -252,16 +252,21 @@ def test_cached_decoding_equals_teacher_forced_logits():
     assert int(cache["decoder"]["position"]) == 7
 
 
-def test_inference_greedy_decode_takes_the_family():
-    """The stages' batched greedy decoding (jit, mesh, cache) runs this module unchanged."""
+def test_inference_decodes_and_scores_with_the_family():
+    """The stages' batched greedy decoding and scoring (jit, mesh, cache) run this module
+    unchanged."""
     config = _tiny()
     params = _random_params(config, seed=3)
-    inputs, _ = _batch(np.random.default_rng(3), [(9, 1), (3, 1), (6, 1)])
+    inputs, targets = _batch(np.random.default_rng(3), [(9, 4), (3, 7), (6, 1)])
     tokens, _ = _cached_greedy(config, params, inputs, steps=7)
-    got, _ = inference.greedy_decode(Transformer(config), params, inputs, max_decode_length=7,
-                                     eos_id=59)
+    model = Transformer(config)
+    got, _ = inference.greedy_decode(model, params, inputs, max_decode_length=7, eos_id=59)
     np.testing.assert_array_equal(got, np.where(np.cumsum(tokens == 59, 1) - (tokens == 59) > 0,
                                                 0, tokens))
+    logits = _logits(config, params, inputs, _shift(targets), targets)
+    log_probs = np.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(inference.score(model, params, inputs, targets),
+                               np.where(targets > 0, log_probs, 0).sum(-1), rtol=1e-5)
 
 
 def test_packed_rows_equal_separate_rows():
@@ -388,6 +393,9 @@ def test_warm_start_copies_bert_into_both_stacks_and_initialises_the_rest(tmp_pa
     with pytest.raises(UserError, match="unexpected weight"):
         bert2bert.warm_start_from_bert(directory, Bert2BertConfig.from_bert_config(
             bert_config, num_decoder_layers=1, decoder_start_token_id=2), jax.random.PRNGKey(0))
+    with pytest.raises(UserError, match="config.json: hidden_act='gelu', the config has 'relu'"):
+        bert2bert.warm_start_from_bert(directory, Bert2BertConfig.from_bert_config(
+            bert_config, hidden_act="relu", decoder_start_token_id=2), jax.random.PRNGKey(0))
 
 
 def test_warm_start_copies_what_encoder_decoder_model_copies(tmp_path):

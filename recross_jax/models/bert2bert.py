@@ -459,9 +459,18 @@ def warm_start_from_bert(path: str, config: Bert2BertConfig, rng: jax.Array) -> 
       The unboxed parameter tree, float32 host numpy arrays.
 
     Raises:
-      UserError: unreadable weights, or weights that do not fit `config` (named).
+      UserError: unreadable weights, weights that do not fit `config` (named), or a
+        `config.json` beside them whose activation or layer norm epsilon differ from `config`'s
+        (the shapes would fit, the network would compute something else).
     """
     weights = os.path.join(path, "model.safetensors") if os.path.isdir(path) else path
+    hf_config = os.path.join(os.path.dirname(weights), "config.json")
+    if os.path.isfile(hf_config):
+        checkpoint = bert.BertConfig.from_json_file(hf_config)
+        for name in ("hidden_act", "layer_norm_eps"):
+            if getattr(checkpoint, name) != getattr(config, name):
+                raise UserError(f"{hf_config}: {name}={getattr(checkpoint, name)!r}, the config "
+                                f"has {getattr(config, name)!r}")
     params = {"encoder": bert.load_hf_bert(weights, config.encoder_config),
               "decoder": bert.load_hf_bert(weights, config.decoder_config)}
     for name, subtree in _fresh_decoder_params(config, rng).items():
