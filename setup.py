@@ -53,7 +53,7 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["recross_jax", "recross_jax.*", "tasks", "tasks.*"]),
     # The embedded ReCross release travels with the package (tasks/recross.py reads it).
-    package_data={"recross_jax": ["py.typed"],
+    package_data={"recross_jax": ["py.typed", "selection/data/taskweb.json"],
                   "tasks": ["recross_release/*.json", "recross_release/LICENSE",
                             "recross_release/*/*.xz", "recross_release/*.xz"]},
     install_requires=INSTALL_REQUIRES,

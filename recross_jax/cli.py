@@ -34,6 +34,8 @@ PASSTHROUGH = {
     "mine": ("recross_jax.rerank.mining", "mine distant supervision for the reranker (Algorithm 1)"),
     "reranker": ("recross_jax.rerank.cross_encoder",
                  "the cross-encoder reranker (one action: train, on mined tuples)"),
+    "taskshop": ("recross_jax.selection.taskshop_cli",
+                 "TaskWeb/TaskShop source-task selection (score | evaluate | select)"),
 }
 RERANKER_USAGE = "usage: recross reranker train --tuples FILE --out DIR [gin flags]"
 
