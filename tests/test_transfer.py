@@ -51,3 +51,20 @@ def test_the_released_matrix():
     scores = transfer.load_transfer_scores(SHARED)
     assert len(scores) == 21 and sum(len(v) for v in scores.values()) == 441
     assert all(target not in sources for target, sources in scores.items())
+
+
+def test_combined_score(tmp_path):
+    path = write(tmp_path, RECORDS)
+    combined = transfer.load_transfer_scores(path, "combined", sources={"snli", "imdb"})
+    assert combined["cb"]["snli"] == pytest.approx(0.5 * 0.12 + 0.5 * (0.2 * 0.75 - 0.1))
+    assert transfer.load_transfer_scores(path, "combined:finetune/t5l", sources={"imdb"}) == {
+        "cb": {"imdb": transfer.combine(-0.1, 0.0)}}
+    with pytest.raises(UserError, match=r"has no 'combined:finetune/t5l' score"):
+        transfer.load_transfer_scores(path, "combined:finetune/t5l")
+
+
+@pytest.mark.skipif(not os.path.isfile(SHARED), reason="../shared/data/taskweb not present")
+def test_the_released_matrix_is_the_embedded_one():
+    from recross_jax.selection import taskweb
+    assert transfer.load_transfer_scores(SHARED, "combined:finetune/t5l") == taskweb.transfer()
+    assert transfer.load_transfer_scores(SHARED, "combined") == taskweb.transfer("mean")
