@@ -326,6 +326,22 @@ def test_lengths_dropout_and_bfloat16():
         apply(long, targets[:1], targets[:1])
 
 
+def test_the_output_layer_trains_the_decoder_word_embeddings():
+    """The LM head reads the decoder's embedding table (tied), not a copy and not the encoder's."""
+    config = _tiny()
+    params = _random_params(config, seed=8)
+    inputs, targets = np.full((1, 3), 5, np.int32), np.full((1, 2), 6, np.int32)
+    decoder_inputs = _shift(targets)
+
+    def loss(p):
+        return Transformer(config).apply({"params": p}, inputs, decoder_inputs, targets)[..., 9].sum()
+
+    grads = jax.jit(jax.grad(loss))(params)
+    row = 9  # no input or target uses it: only the output layer reaches it
+    assert np.abs(grads["decoder"]["embeddings"]["word_embeddings"]["embedding"][row]).max() > 0
+    assert not np.asarray(grads["encoder"]["embeddings"]["word_embeddings"]["embedding"][row]).any()
+
+
 def test_sharded_over_a_mesh_matches_one_device():
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices")
