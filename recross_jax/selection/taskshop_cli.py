@@ -44,7 +44,7 @@ def settings(lam: float = taskweb.DEFAULT_LAMBDA, setup: str = taskweb.DEFAULT_S
              n_target: int | None = 32, seed: int = 0, min_examples: int = 4,
              lambdas: Sequence[float] = tuple(i / 10 for i in range(11)),
              lambda_criterion: str = "regret@5", heldout: str = taskweb.HELDOUT_TARGET,
-             max_length: int = 256, batch_size: int = 64) -> dict:
+             max_length: int = 512, batch_size: int = 64) -> dict:
     """TaskShop's settings (gin-configurable; flags override).
 
     Args:
@@ -58,7 +58,8 @@ def settings(lam: float = taskweb.DEFAULT_LAMBDA, setup: str = taskweb.DEFAULT_S
       lambdas: the λ grid of the tuning curve.
       lambda_criterion: how the held-out target picks λ ('regret@5' or 'ndcg').
       heldout: the target λ is tuned on (the authors held out piqa).
-      max_length, batch_size: of the MiniLM / model encoder.
+      max_length, batch_size: of the MiniLM / model encoder (512 tokens: what the authors'
+        Hugging Face tokenizer truncated to; sentence-transformers would use 256).
     """
     return dict(lam=lam, setup=setup, ks=tuple(ks), n_source=n_source, n_target=n_target, seed=seed,
                 min_examples=min_examples, lambdas=tuple(lambdas), lambda_criterion=lambda_criterion,
@@ -114,6 +115,15 @@ def spearman(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, 
         return float("nan"), len(pairs)
     x, y = zip(*pairs)
     return float(stats.spearmanr(x, y)[0]), len(pairs)
+
+
+def spearman_per_target(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]]
+                        ) -> tuple[float, int]:
+    """The mean over shared targets of Spearman's ρ between their source scores (how alike
+    the two rank the sources of one target), and the number of targets."""
+    rhos = [spearman({t: a[t]}, {t: b[t]})[0] for t in a if t in b]
+    rhos = [r for r in rhos if math.isfinite(r)]
+    return (float(np.mean(rhos)) if rhos else float("nan")), len(rhos)
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -312,7 +322,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     for name, table in tables.items():
         if name != AUTHORS:
             rho, n = spearman(taskweb.roe(), table)
-            notes.append(f"Spearman ρ of {name} with the authors' RoE: {rho:.4f} over {n} pairs")
+            per_target, n_targets = spearman_per_target(taskweb.roe(), table)
+            notes.append(f"Spearman ρ of {name} with the authors' RoE: {rho:.4f} over {n} pairs "
+                         f"(per target: {per_target:.4f}, mean of {n_targets})")
     curves = lambda_markdown(result["lambda_curves"], cfg["heldout"], result["lambdas"])
     print(table_csv(result["rows"], cfg["ks"]) if args.format == "csv" else markdown, end="")
     if args.format != "csv":
