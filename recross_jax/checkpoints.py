@@ -14,9 +14,9 @@ A model directory holds:
 """
 from __future__ import annotations
 
-import json
 import os
 import re
+import sys
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from recross_jax.errors import UserError
-from recross_jax.io_utils import write_json_atomic
+from recross_jax.io_utils import read_json_object, write_json_atomic
 from recross_jax.models.t5 import T5Config, Transformer
 
 CONFIG_FILE = "model_config.json"
@@ -54,11 +54,11 @@ def read_model_config(model_dir: str) -> T5Config:
     path = os.path.join(_model_dir_of(model_dir), CONFIG_FILE)
     if not os.path.isfile(path):
         raise UserError(f"no {CONFIG_FILE} in model directory {model_dir}")
+    values = read_json_object(path, "model config")
     try:
-        with open(path, encoding="utf-8") as f:
-            return T5Config.from_dict(json.load(f))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise UserError(f"malformed {path}: {e}") from e
+        return T5Config.from_dict(values)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"malformed {path}: {_first_line(e)}") from None
 
 
 def _model_dir_of(path: str) -> str:
@@ -124,7 +124,15 @@ class CheckpointManager:
         has_data = os.path.isdir(os.path.join(step_dir, "data"))
         if has_data:
             args["data"] = ocp.args.JsonRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        _silence_abandoned_reads()
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+        except UserError:
+            raise
+        except Exception as e:  # pylint: disable=broad-except  (TensorStore, OCDBT, JSON errors)
+            raise UserError(f"cannot read checkpoint {step_dir}: its data is truncated or "
+                            f"corrupt ({type(e).__name__}: {_first_line(e)}); delete that "
+                            "checkpoint directory to fall back to an earlier one") from None
         data = dict(restored["data"]) if has_data else {}
         return {name: restored[name] for name in abstract_items}, data
 
@@ -149,10 +157,12 @@ def _check_tree(item_dir: str, abstract: Any) -> None:
     """Raises a UserError naming the first path whose presence, shape or dtype differs."""
     if not os.path.isdir(item_dir):
         raise UserError(f"checkpoint item missing: {item_dir}")
+    _silence_abandoned_reads()
     try:
         saved = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(f"unreadable checkpoint item {item_dir}: {e}") from e
+    except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore metadata errors)
+        raise UserError(f"cannot read checkpoint item {item_dir}: its data is truncated or "
+                        f"corrupt ({type(e).__name__}: {_first_line(e)})") from None
     found = _flatten(saved.tree if hasattr(saved, "tree") else saved)
     wanted = _flatten(abstract)
     for path in sorted(set(found) | set(wanted)):
@@ -167,6 +177,37 @@ def _check_tree(item_dir: str, abstract: Any) -> None:
         if np.dtype(have.dtype) != np.dtype(want.dtype):
             raise UserError(f"checkpoint {item_dir}: parameter {path} has dtype {have.dtype}, "
                             f"expected {want.dtype}")
+
+
+# What TensorStore's callbacks raise when the reads Orbax abandoned on a failed restore finish
+# after its event loop has closed (or while Python shuts down).
+_ABANDONED_READ_ERRORS = ("Event loop is closed", "sys.meta_path is None")
+
+
+def _silence_abandoned_reads() -> None:
+    """Installed before Orbax reads a checkpoint: when one read fails (truncated data), the
+    others it had started still complete, into an event loop that is gone by then (or at
+    interpreter exit), and each would print a traceback through `sys.unraisablehook`. The
+    failure itself is reported as one UserError, so those tracebacks, and only those, are
+    dropped."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_abandoned_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not str(unraisable.exc_value).startswith(_ABANDONED_READ_ERRORS):
+            previous(unraisable)
+
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error, without TensorStore's spec dump, at most `limit` chars."""
+    line = next((line.strip() for line in str(error).splitlines() if line.strip()),
+                type(error).__name__)
+    line = line.split(" [tensorstore_spec=")[0]
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _flatten(tree: Any) -> dict[str, Any]:

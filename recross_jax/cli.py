@@ -222,6 +222,10 @@ def _data_show(args: argparse.Namespace) -> None:
 
 def _data_stats(args: argparse.Namespace) -> None:
     from recross_jax import corpus  # pylint: disable=import-outside-toplevel
+    for task in corpus.tasks_of(args.name):  # before the progress bar starts
+        if args.split not in task.splits:
+            raise UserError(f"task {task.name!r} has no split {args.split!r} (it has: "
+                            f"{', '.join(task.splits)})")
     print(corpus.format_stats(corpus.stats(args.name, args.split, args.max_examples_per_task)))
 
 

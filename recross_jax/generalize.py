@@ -130,7 +130,9 @@ class Pipeline:
         if kind not in self._retrievers:
             if not self.index_dirs.get(kind):
                 raise UserError(f"this method needs the {kind!r} index directory (see `recross index build`)")
-            self._retrievers[kind] = indexing.Retriever(self.index_dirs[kind])
+            self._retrievers[kind] = indexing.Retriever(
+                self.index_dirs[kind], kind=kind,
+                model_dir=self.model_dir if kind == "model" else None)
         return self._retrievers[kind]
 
     def reranker(self):
@@ -204,12 +206,11 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
     the output directory exists (the CLI writes config.gin there).
     """
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    unknown = [m for m in methods if m not in METHODS + FEW_SHOT_METHODS]
-    if unknown:
-        raise UserError(f"unknown method {unknown[0]!r} "
-                        f"(choose from {', '.join(METHODS + FEW_SHOT_METHODS)})")
-    if not targets:
-        raise UserError("no targets given")
+    check_inputs(targets, methods, model_dir, out_dir, model_index_dir=model_index_dir,
+                 sbert_index_dir=sbert_index_dir, reranker_dir=reranker_dir,
+                 upsample_ratio=upsample_ratio, num_query_sets=num_query_sets,
+                 num_queries=num_queries, num_retrieved=num_retrieved, query_split=query_split,
+                 eval_split=eval_split)
     os.makedirs(out_dir, exist_ok=True)
     if on_start:
         on_start(out_dir)
@@ -264,6 +265,65 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                     records.append(record)
                     bar.update()
     return records
+
+
+def check_inputs(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir: str, *,
+                 model_index_dir: str | None, sbert_index_dir: str | None,
+                 reranker_dir: str | None, upsample_ratio: float, num_query_sets: int,
+                 num_queries: int, num_retrieved: int, query_split: str, eval_split: str) -> None:
+    """`run`'s one validation pass, before its output directory exists: the methods, the
+    targets and their splits, the upstream model, and every index and reranker the methods
+    need -- each index made by the embedder its method names (the upstream model's own for
+    the ReCross methods, MiniLM for `sbert`).
+
+    Raises:
+      UserError: the first problem, as one line.
+    """
+    if isinstance(targets, str) or isinstance(methods, str):
+        raise UserError("TARGETS and METHODS must be lists, e.g. ['recross.super_glue_cb']")
+    unknown = [m for m in methods if m not in METHODS + FEW_SHOT_METHODS]
+    if unknown:
+        raise UserError(f"unknown method {unknown[0]!r} "
+                        f"(choose from {', '.join(METHODS + FEW_SHOT_METHODS)})")
+    if not targets:
+        raise UserError("no targets given")
+    if not methods:
+        raise UserError("no methods given")
+    for name, value in (("num_query_sets", num_query_sets), ("num_queries", num_queries),
+                        ("num_retrieved", num_retrieved)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
+    if upsample_ratio < 1:
+        raise UserError(f"upsample_ratio must be >= 1, got {upsample_ratio}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"OUT_DIR {out_dir} is a file, not a directory")
+    for target in targets:
+        for task in corpus.tasks_of(target):
+            needed = (eval_split,) if corpus.query_source(target) else (eval_split, query_split)
+            for split in needed:
+                if split not in task.splits:
+                    raise UserError(f"target {target!r} has no split {split!r} (it has: "
+                                    f"{', '.join(task.splits)})")
+    checkpoints.read_model_config(model_dir)
+    kinds = {INDEX_OF_METHOD[m] for m in methods if m in INDEX_OF_METHOD}
+    if "random" in methods:  # draws from the pool of the model's index, else of SBERT's
+        kinds.add("model" if model_index_dir or not sbert_index_dir else "sbert")
+    index_dirs = {"model": model_index_dir, "sbert": sbert_index_dir}
+    for kind in sorted(kinds):
+        if not index_dirs[kind]:
+            user = next((m for m in methods if INDEX_OF_METHOD.get(m) == kind), "random")
+            macro = "MODEL_INDEX_DIR" if kind == "model" else "SBERT_INDEX_DIR"
+            raise UserError(f"method {user!r} needs the {kind!r} index directory ({macro}; see "
+                            "`recross index build`)")
+        indexing.check_index(index_dirs[kind], kind, model_dir if kind == "model" else None)
+    reranking = [m for m in methods if m in ("recross", "fs_recross_mix", "fs_recross_2stage")]
+    if reranking and upsample_ratio > 1:
+        if not reranker_dir:
+            raise UserError(f"method {reranking[0]!r} with upsample_ratio {upsample_ratio} needs a "
+                            "trained reranker directory (RERANKER_DIR; or UPSAMPLE_RATIO=1.0 "
+                            "for no reranking)")
+        from recross_jax.rerank import cross_encoder  # pylint: disable=import-outside-toplevel
+        cross_encoder.check_reranker(reranker_dir)
 
 
 def _run_method(pipeline: Pipeline, method: str, query_set: QuerySet,

@@ -15,10 +15,13 @@ anywhere.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
+import logging
 import os
 import re
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import gin
 
@@ -91,26 +94,67 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     for path in search_paths:
         gin.add_config_file_search_path(path)
     try:
-        gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
-                                            finalize_config=finalize)
+        with _quiet_gin_path_errors():
+            gin.parse_config_files_and_bindings(list(gin_files), list(bindings),
+                                                finalize_config=finalize)
     except IOError as e:
         missing = re.match(r"Unable to open file: (.*?)\. Searched config paths", str(e))
         name = missing.group(1) if missing else str(e)
         raise UserError(f"gin file not found: {name} (searched {', '.join(search_paths)})"
                         ) from None
-    except (ValueError, SyntaxError, ImportError, TypeError) as e:
+    except (ValueError, SyntaxError, ImportError, TypeError, NameError, AttributeError) as e:
         raise UserError(describe_error(e)) from None
+
+
+@contextlib.contextmanager
+def _quiet_gin_path_errors() -> Iterator[None]:
+    """Keeps gin's own "Path not found" log line (it probes the Python path for a gin file
+    before the search paths) off stderr: a missing file is reported once, as a UserError. A
+    handler is set on the root logger meanwhile, so `logging.error` does not configure one
+    for the rest of the process."""
+    root = logging.getLogger()
+    handler = logging.NullHandler() if not root.handlers else None
+    if handler is not None:
+        root.addHandler(handler)
+    root.addFilter(_drop_gin_path_errors)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_gin_path_errors)
+        if handler is not None:
+            root.removeHandler(handler)
+
+
+def _drop_gin_path_errors(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
 
 
 def call_configurable(fn: Callable[..., Any], **kwargs: Any) -> Any:
     """Calls `fn` with its gin bindings (explicit `kwargs` win); a parameter left
-    `gin.REQUIRED` becomes a one-line UserError."""
+    `gin.REQUIRED` becomes a one-line UserError. A function no gin file or flag binds (so
+    gin's dynamic registration never registered it) runs with its defaults and `kwargs`."""
     try:
-        return gin.get_configurable(fn)(**kwargs)
+        configurable = gin.get_configurable(fn)
+    except ValueError:  # "Could not find ... in the Gin registry": nothing binds it
+        configurable = fn
+        missing = _missing_arguments(fn, kwargs)
+        if missing:
+            raise UserError(f"missing required gin binding(s) of {fn.__name__}: "
+                            f"{', '.join(missing)} (pass a gin file that binds them)") from None
+    try:
+        return configurable(**kwargs)
     except RuntimeError as e:
         if _REQUIRED_CALL.match(first_line(e)):
             raise UserError(describe_error(e)) from None
         raise
+
+
+def _missing_arguments(fn: Callable[..., Any], kwargs: dict) -> list[str]:
+    """The parameters of `fn` without a default that `kwargs` does not give."""
+    return [name for name, parameter in inspect.signature(fn).parameters.items()
+            if parameter.default is inspect.Parameter.empty and name not in kwargs
+            and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                       inspect.Parameter.VAR_KEYWORD)]
 
 
 def describe_error(error: BaseException) -> str:

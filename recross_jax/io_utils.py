@@ -75,3 +75,39 @@ def read_jsonl(path: str, what: str = "JSONL file") -> list[tuple[int, dict]]:
         raise UserError(f"cannot read {what} {path}: {e.strerror}") from e
     except UnicodeDecodeError as e:
         raise UserError(f"{what} {path} is not UTF-8 text: {e.reason}") from e
+
+
+def read_json(path: str, what: str = "JSON file") -> Any:
+    """The JSON value in the file at `path`.
+
+    Raises:
+      UserError: `what` is missing, not a file, unreadable, not UTF-8 or not valid JSON (a
+        truncated or hand-edited manifest), as one line naming the file.
+    """
+    if not os.path.exists(path):
+        raise UserError(f"{what} not found: {path}")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} is not a file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text: {e.reason}") from e
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e.msg}, line {e.lineno}); it is "
+                        "corrupt or was edited by hand") from e
+
+
+def read_json_object(path: str, what: str = "JSON file",
+                     required: Iterable[str] = ()) -> dict:
+    """`read_json` of a file that must hold an object with the `required` keys."""
+    value = read_json(path, what)
+    if not isinstance(value, dict):
+        raise UserError(f"{what} {path} must hold a JSON object, got {type(value).__name__}")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise UserError(f"{what} {path} lacks {missing[0]!r}; it is corrupt or from another "
+                        "version")
+    return value

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from recross_jax import checkpoints, partitioning
 from recross_jax.errors import UserError
-from recross_jax.io_utils import write_text_atomic
+from recross_jax.io_utils import parse_jsonl_lines, write_text_atomic
 from recross_jax.models.t5 import T5Config, Transformer
 
 Batch = Mapping[str, np.ndarray]
@@ -549,6 +549,16 @@ def evaluate(eval_step: Callable, params: Any, batches: Iterable[Batch],
 # The upstream loop.
 
 
+EVENTS_PREFIX = "events.out.tfevents."
+
+
+def _complete_lines(path: str) -> list[str]:
+    """The lines of `path` up to its last newline (a run killed mid-write leaves a partial one)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return data[:data.rfind(b"\n") + 1].decode("utf-8", errors="replace").splitlines()
+
+
 class MetricsLog:
     """Appends metric records to `metrics.jsonl` (and TensorBoard via clu when asked); only
     the first process writes."""
@@ -558,18 +568,29 @@ class MetricsLog:
         self.enabled = jax.process_index() == 0
         self.writer = None
         # A resumed run repeats the steps after its checkpoint: drop their old records.
+        kept: list[dict] = []
         if self.enabled and os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                kept = [line for line in f if line.strip()
-                        and json.loads(line).get("step", 0) <= start_step]
-            write_text_atomic(self.path, "".join(kept))
+            kept = [record for _, record in parse_jsonl_lines(_complete_lines(self.path), self.path)
+                    if record.get("step", 0) <= start_step]
+            write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                 for r in kept))
         if self.enabled and tensorboard:
             try:
                 from clu import metric_writers  # pylint: disable=import-outside-toplevel
             except ImportError:
                 pass  # TensorBoard is optional; metrics.jsonl is always written
             else:
+                # One events file per run directory: the old ones hold the redone steps too, so
+                # they are replaced by the kept records, replayed into a fresh file.
+                for name in os.listdir(model_dir):
+                    if name.startswith(EVENTS_PREFIX):
+                        os.remove(os.path.join(model_dir, name))
                 self.writer = metric_writers.create_default_writer(model_dir, asynchronous=False)
+                for record in kept:
+                    scalars = {k: v for k, v in record.items()
+                               if k != "step" and isinstance(v, (int, float))}
+                    if scalars:
+                        self.writer.write_scalars(int(record["step"]), scalars)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -639,28 +660,45 @@ def train(*, model_dir: str,
     Returns:
       The final state.
     """
+    # One validation pass before anything is written: settings, the network, the checkpoint to
+    # resume, and the data (mixture, batch size, vocabulary), so that bad input leaves no
+    # config.gin, model_config.json or events file behind.
     if train_steps < 0 or checkpoint_period < 1 or log_period < 1 or eval_period < 0:
         raise UserError(f"train_steps >= 0, checkpoint_period >= 1, log_period >= 1 and "
                         f"eval_period >= 0 required, got {train_steps}, {checkpoint_period}, "
                         f"{log_period}, {eval_period}")
-    os.makedirs(model_dir, exist_ok=True)
-    if on_start is not None:
-        on_start(model_dir)
-    manager = checkpoints.CheckpointManager(model_dir, keep=keep_checkpoints)
-    resume_step = manager.latest_step()
+    if keep_checkpoints is not None and keep_checkpoints < 1:
+        raise UserError(f"keep_checkpoints must be >= 1 or None, got {keep_checkpoints}")
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise UserError(f"MODEL_DIR {model_dir} is a file, not a directory")
+    resume_step = _latest_step(model_dir)
     config = _run_config(model_dir, model_config, init_checkpoint, resume_step is not None)
-    checkpoints.write_model_config(model_dir, config)
-
+    batches = train_dataset_fn(start_step=resume_step or 0)  # one batch per step
     mesh = partitioning.create_mesh(num_partitions)
     model = Transformer(config)
     boxed = abstract_params(config)
     shardings = state_shardings(boxed, optimizer, mesh)
+
+    train_step = make_train_step(
+        model, optimizer, label_smoothing=label_smoothing, z_loss=z_loss,
+        loss_normalizing_factor=loss_normalizing_factor, num_microbatches=num_microbatches,
+        mesh=mesh, state_shardings=shardings)
+    eval_step = make_eval_step(model, mesh=mesh, param_shardings=shardings.params)
+
+    # The starting state is read (resume, fine-tuning) or made before anything is written too:
+    # an unreadable checkpoint is reported with the directory untouched.
     if resume_step is not None:
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             jax.eval_shape(lambda p: TrainState.create(p, optimizer, seed), nn.unbox(boxed)),
             shardings)
-        state, data_position = _restore_state(manager, resume_step, abstract)
+        reader = checkpoints.CheckpointManager(model_dir, read_only=True)
+        try:
+            state, data_position = _restore_state(reader, resume_step, abstract)
+        finally:
+            reader.close()
+        if data_position != resume_step:
+            batches = train_dataset_fn(start_step=data_position)
     else:
         if init_checkpoint is not None:
             params = _restore_params(init_checkpoint, boxed, shardings.params)
@@ -668,25 +706,37 @@ def train(*, model_dir: str,
             params = init_params(config, seed, mesh)
         state = jax.jit(TrainState.create, static_argnums=(1, 2), out_shardings=shardings,
                         donate_argnums=0)(params, optimizer, seed)
-        data_position = 0
 
-    train_step = make_train_step(
-        model, optimizer, label_smoothing=label_smoothing, z_loss=z_loss,
-        loss_normalizing_factor=loss_normalizing_factor, num_microbatches=num_microbatches,
-        mesh=mesh, state_shardings=shardings)
-    eval_step = make_eval_step(model, mesh=mesh, param_shardings=shardings.params)
-    step = int(jax.device_get(state.step))
-    log = MetricsLog(model_dir, step, tensorboard)
-    try:
-        state = _loop(state, step, train_steps, train_step,
-                      train_dataset_fn(start_step=data_position),
+    os.makedirs(model_dir, exist_ok=True)
+    if on_start is not None:
+        on_start(model_dir)
+    checkpoints.write_model_config(model_dir, config)
+    manager = checkpoints.CheckpointManager(model_dir, keep=keep_checkpoints)
+    log = None
+    try:  # the manager is closed on any error, so no save thread outlives the run
+        step = int(jax.device_get(state.step))
+        log = MetricsLog(model_dir, step, tensorboard)
+        state = _loop(state, step, train_steps, train_step, batches,
                       manager, checkpoint_period, log, log_period, mesh, progress,
                       lambda params: evaluate(eval_step, params, eval_dataset_fn(), mesh)
                       if eval_dataset_fn is not None else None, eval_period)
     finally:
         manager.close()
-        log.close()
+        if log is not None:
+            log.close()
     return state
+
+
+def _latest_step(model_dir: str) -> int | None:
+    """The step of the newest complete checkpoint in `model_dir` (None: a fresh run); reads
+    only, so a run that then fails validation has written nothing."""
+    if not os.path.isdir(model_dir):
+        return None
+    manager = checkpoints.CheckpointManager(model_dir, read_only=True)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
 
 
 def _run_config(model_dir: str, model_config: T5Config | None, init_checkpoint: str | None,

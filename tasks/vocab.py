@@ -55,7 +55,20 @@ class LazySentencePieceVocabulary(seqio.Vocabulary):
 
     @functools.cached_property
     def _vocab(self) -> seqio.SentencePieceVocabulary:
-        return seqio.SentencePieceVocabulary(vocabulary_path(), extra_ids=self.extra_ids)
+        path = vocabulary_path()
+        vocab = seqio.SentencePieceVocabulary(path, extra_ids=self.extra_ids)
+        try:  # seqio reads the file lazily; read it now, so a bad file is a UserError here
+            _ = vocab.vocab_size
+        except Exception as e:  # pylint: disable=broad-except  (protobuf DecodeError and kin)
+            raise UserError(f"vocabulary file {path} is not a SentencePiece model "
+                            f"({type(e).__name__}); bind tasks.vocab.vocabulary_path.path to a "
+                            "`.model` file written by `recross vocab train` or T5") from None
+        return vocab
+
+    @property
+    def sentencepiece_model_file(self) -> str:
+        """The SentencePiece model file in use (what an index records)."""
+        return self._vocab.sentencepiece_model_file
 
     @property
     def vocab_size(self) -> int:

@@ -158,6 +158,7 @@ def test_reranker_chooses_the_candidates(setup, monkeypatch):
 
     fake = types.ModuleType("recross_jax.rerank.cross_encoder")
     fake.load_reranker = lambda path: Reversing()
+    fake.check_reranker = lambda path: {}
     # `from recross_jax.rerank import cross_encoder` reads the package attribute when the real
     # module was imported before, else sys.modules.
     monkeypatch.setitem(sys.modules, "recross_jax.rerank.cross_encoder", fake)

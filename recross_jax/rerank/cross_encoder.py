@@ -398,6 +398,23 @@ def load_reranker(directory: str, *, batch_size: int = 64, dtype: str | None = N
     return Reranker(config, items["params"], tokenizer, batch_size=batch_size, mesh=mesh)
 
 
+def check_reranker(directory: str) -> dict:
+    """The description of the finished reranker in `directory`, read without loading it, so a
+    stage can refuse a missing or unfinished reranker before it writes anything.
+
+    Raises:
+      UserError: no such directory, no finished reranker in it, or a malformed description.
+    """
+    if not os.path.isdir(directory):
+        raise UserError(f"reranker directory not found: {directory} (see `recross reranker "
+                        "train`)")
+    info = _read_info(directory)
+    if info is None:
+        raise UserError(f"{directory} is not a trained reranker (no {RERANKER_FILE}; is its "
+                        "training finished?)")
+    return info
+
+
 def _read_info(directory: str) -> dict | None:
     path = os.path.join(directory, RERANKER_FILE)
     if not os.path.isfile(path):

@@ -286,11 +286,10 @@ class _Miner:
     def __init__(self, model_dir: str, index_dir: str, settings: _Settings,
                  finetune_config: finetune.FinetuneConfig, parallel: bool, num_partitions: int,
                  eval_batch_size: int, reranker_dir: str | None):
-        if not os.path.isdir(index_dir):
-            raise UserError(f"index directory not found: {index_dir} (see `recross index build`)")
         self.settings = settings
         config, params = checkpoints.restore_model(model_dir)
-        self.retriever = indexing.Retriever(index_dir)
+        # Algorithm 1 retrieves with the upstream model's own index.
+        self.retriever = indexing.Retriever(index_dir, kind="model", model_dir=model_dir)
         self.vocabulary = _vocabulary(self.retriever)
         self.rows_of_task: dict[str, list[dict]] = collections.defaultdict(list)
         for row in self.retriever.rows:
@@ -406,6 +405,12 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
                          aggregation, _config_dict(finetune_config), bool(reranker_dir),
                          float(upsample_ratio) if reranker_dir else 1.0, max_input_length,
                          max_target_length, seed)
+    if os.path.isdir(out):
+        raise UserError(f"OUT {out} is a directory; give the tuples file's path")
+    indexing.check_index(index_dir, "model", model_dir)
+    if reranker_dir:
+        from recross_jax.rerank import cross_encoder  # pylint: disable=import-outside-toplevel
+        cross_encoder.check_reranker(reranker_dir)
     done = read_tuples(out, settings) if os.path.exists(out) else []
     miner = _Miner(model_dir, index_dir, settings, finetune_config, parallel, num_partitions,
                    eval_batch_size, reranker_dir)
@@ -458,6 +463,8 @@ def _drop_partial_line(path: str) -> None:
 def _vocabulary(retriever) -> Any:
     """The vocabulary of the indexed mixture's tasks (the upstream model's)."""
     from recross_jax import corpus  # pylint: disable=import-outside-toplevel
+    if retriever.vocabulary is not None:  # recorded by the index
+        return retriever.vocabulary
     mixture = retriever.index.embedder.get("mixture")
     if not mixture:
         raise UserError("the index manifest names no mixture, so its vocabulary is unknown; "

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from recross_jax.errors import UserError
-from recross_jax.io_utils import atomic_path, write_json_atomic
+from recross_jax.io_utils import atomic_path, read_json_object, read_jsonl, write_json_atomic
 
 MANIFEST = "manifest.json"
 ROW_FIELDS = ("example_id", "task", "inputs", "targets", "answer_choices")
@@ -88,9 +88,15 @@ def load_pool(pool_dir: str, expect: dict | None = None,
     vectors, rows = [], []
     for shard in manifest["shards"]:
         if with_vectors:
-            vectors.append(np.load(_shard_path(pool_dir, shard["index"], "vectors")))
-        with open(_shard_path(pool_dir, shard["index"], "rows"), encoding="utf-8") as f:
-            rows.extend(json.loads(line) for line in f)
+            path = _shard_path(pool_dir, shard["index"], "vectors")
+            try:
+                vectors.append(np.load(path))
+            except (OSError, ValueError, EOFError) as e:
+                reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"embedding pool {pool_dir} is corrupt: cannot read {path} "
+                                f"({reason})") from None
+        path = _shard_path(pool_dir, shard["index"], "rows")
+        rows.extend(row for _, row in read_jsonl(path, "embedding pool rows file"))
     if not with_vectors:
         return None, rows, manifest
     dims = manifest.get("dims") or 0
@@ -102,8 +108,28 @@ def read_manifest(pool_dir: str) -> dict:
     path = os.path.join(pool_dir, MANIFEST)
     if not os.path.isfile(path):
         raise UserError(f"no embedding pool at {pool_dir} (missing {MANIFEST})")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    manifest = read_json_object(path, "embedding pool manifest",
+                                ("embedder", "dims", "count", "shards"))
+    if not isinstance(manifest["shards"], list) or not isinstance(manifest["count"], int):
+        raise UserError(f"embedding pool manifest {path} is corrupt: 'shards' must be a list "
+                        "and 'count' an integer")
+    return manifest
+
+
+def check_resumable(pool_dir: str, description: dict) -> dict:
+    """The manifest of the pool at `pool_dir`, which a build by `description` may resume.
+
+    Raises:
+      UserError: the pool was built by another embedder (or is corrupt).
+    """
+    manifest = read_manifest(pool_dir)
+    recorded = manifest["embedder"]
+    if isinstance(recorded, dict) and "vocabulary" not in recorded:  # built before it was recorded
+        description = {k: v for k, v in description.items() if k != "vocabulary"}
+    if recorded != description:
+        raise UserError(f"{pool_dir} holds a pool built by another embedder "
+                        f"({manifest['embedder']}); use a new directory or delete it")
+    return manifest
 
 
 def config_hash(obj: dict) -> str:
@@ -114,10 +140,7 @@ def config_hash(obj: dict) -> str:
 def _start_or_resume(out_dir: str, description: dict) -> dict:
     path = os.path.join(out_dir, MANIFEST)
     if os.path.isfile(path):
-        manifest = read_manifest(out_dir)
-        if manifest["embedder"] != description:
-            raise UserError(f"{out_dir} holds a pool built by another embedder "
-                            f"({manifest['embedder']}); use a new directory or delete it")
+        manifest = check_resumable(out_dir, description)
         manifest["complete"] = False
         return manifest
     os.makedirs(out_dir, exist_ok=True)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recross_jax.errors import UserError
-from recross_jax.io_utils import write_json_atomic
+from recross_jax.io_utils import read_json, read_json_object, write_json_atomic
 
 BACKENDS = ("exact", "scann")
 METRICS = ("dot", "cosine")
@@ -357,33 +357,60 @@ def load_index(directory: str, expect: dict | None = None) -> Index:
       expect: manifest entries that must match, e.g. {"dims": 512, "metric": "dot",
         "embedder": {...}}; a mismatch raises a one-line UserError naming the entry.
     """
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.isfile(path):
-        raise UserError(f"no index at {directory} (missing {MANIFEST})")
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
+    manifest = read_manifest(directory)
     for key, value in (expect or {}).items():
         if manifest.get(key) != value:
             raise UserError(f"index at {directory} has {key}={manifest.get(key)!r}, "
                             f"expected {value!r}")
-    with open(os.path.join(directory, IDS_FILE), encoding="utf-8") as f:
-        ids = np.asarray(json.load(f), dtype=str)
-    if len(ids) != manifest["count"]:
-        raise UserError(f"index at {directory} is corrupt: {IDS_FILE} has {len(ids)} ids, "
+    ids = np.asarray(read_json(os.path.join(directory, IDS_FILE), "index ids file"), dtype=str)
+    if ids.ndim != 1 or len(ids) != manifest["count"]:
+        raise UserError(f"index at {directory} is corrupt: {IDS_FILE} has {ids.size} ids, "
                         f"the manifest says {manifest['count']}")
     backend, metric, embedder = manifest["backend"], manifest["metric"], manifest["embedder"]
     if backend == "exact":
-        vectors = np.load(os.path.join(directory, VECTORS_FILE))
+        path = os.path.join(directory, VECTORS_FILE)
+        try:
+            vectors = np.load(path)
+        except (OSError, ValueError, EOFError) as e:
+            raise UserError(f"index at {directory} is corrupt: cannot read {path} "
+                            f"({_first_line(e)})") from None
         if vectors.shape != (manifest["count"], manifest["dims"]):
             raise UserError(f"index at {directory} is corrupt: {VECTORS_FILE} has shape "
                             f"{vectors.shape}, the manifest says "
                             f"({manifest['count']}, {manifest['dims']})")
         return ExactIndex(vectors, ids, metric, embedder, **manifest["params"])
     if backend == "scann":
-        searcher = _import_scann().load_searcher(os.path.join(directory, SCANN_DIR))
+        try:
+            searcher = _import_scann().load_searcher(os.path.join(directory, SCANN_DIR))
+        except (OSError, RuntimeError, ValueError) as e:
+            raise UserError(f"index at {directory} is corrupt: cannot load "
+                            f"{os.path.join(directory, SCANN_DIR)} ({_first_line(e)})"
+                            ) from None
         return ScannIndex(searcher, ids, metric, manifest["dims"], embedder,
                           ScannConfig(**manifest["params"]))
     raise UserError(f"index at {directory} has unknown backend {backend!r}")
+
+
+def read_manifest(directory: str) -> dict:
+    """The manifest of an index directory, checked for the entries `load_index` needs.
+
+    Raises:
+      UserError: no index there, or an unreadable or incomplete manifest (named).
+    """
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.isfile(path):
+        raise UserError(f"no index at {directory} (missing {MANIFEST})")
+    manifest = read_json_object(path, "index manifest",
+                                ("backend", "metric", "dims", "count", "embedder", "params"))
+    if not isinstance(manifest["params"], dict):
+        raise UserError(f"index manifest {path} is corrupt: 'params' must be a JSON object")
+    return manifest
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()),
+                type(error).__name__)
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

@@ -38,14 +38,17 @@ def pool_rows(mixture: str, split: str = "train", max_examples_per_task: int | N
 
 def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_length: int = 512,
                   batch_size: int = 64, num_partitions: int = 1,
-                  dtype: str | None = None) -> embed.Embedder:
+                  dtype: str | None = None, vocabulary: dict | None = None) -> embed.Embedder:
     """The pool/query embedder of `kind`; `model` needs the upstream `model_dir`.
 
     `dtype` is the activation dtype ('float32' or 'bfloat16'; default: the checkpoint's for
     `model`, float32 for `sbert`); bfloat16 embeds about twice as fast on CPUs with AMX and on
-    accelerators, at a cosine of about 0.9999 to the float32 vectors.
+    accelerators, at a cosine of about 0.9999 to the float32 vectors. `vocabulary` is the
+    SentencePiece file an index recorded ({"path", "extra_ids"}); without it the `model`
+    embedder tokenizes with the vocabulary of `mixture`'s tasks (and records that file).
     """
     from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
+    _check_embedder_settings(kind, model_dir, max_length, batch_size, num_partitions)
     if kind == "sbert":  # batches split over every device's 'data' shard, parameters replicated
         from recross_jax.retrieval import sentence  # pylint: disable=import-outside-toplevel
         encoder = sentence.SentenceEmbedder.from_minilm(
@@ -53,10 +56,6 @@ def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_len
             mesh=partitioning.create_mesh())
         return _TextEmbedder(encoder, {"kind": "sbert", "model": "all-MiniLM-L6-v2",
                                        "max_length": max_length, "dtype": encoder.config.dtype})
-    if kind != "model":
-        raise UserError(f"unknown embedder {kind!r} (choose from {', '.join(EMBEDDERS)})")
-    if not model_dir:
-        raise UserError("embedder 'model' needs the upstream model directory (model_dir)")
     from recross_jax import checkpoints  # pylint: disable=import-outside-toplevel
     config, params = checkpoints.restore_model(model_dir)
     if dtype is not None:
@@ -64,13 +63,98 @@ def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_len
     manager = checkpoints.CheckpointManager(model_dir, read_only=True)
     step = manager.latest_step()
     manager.close()
-    vocabulary = corpus.tasks_of(mixture)[0].output_features["inputs"].vocabulary
+    vocab = (_recorded_vocabulary(vocabulary) if vocabulary
+             else corpus.tasks_of(mixture)[0].output_features["inputs"].vocabulary)
     description = {"kind": "model", "model_dir": os.path.abspath(model_dir), "step": int(step),
                    "config_hash": embed.config_hash(config.to_dict()), "max_length": max_length,
-                   "vocab_size": int(vocabulary.vocab_size), "dtype": config.dtype}
-    return embed.T5EncoderEmbedder(config, params, vocabulary.encode, vocabulary.eos_id, description,
-                                   max_length=max_length, batch_size=batch_size,
-                                   mesh=partitioning.create_mesh(num_partitions))
+                   "vocab_size": int(vocab.vocab_size), "dtype": config.dtype,
+                   "vocabulary": vocabulary or _vocabulary_record(vocab)}
+    embedder = embed.T5EncoderEmbedder(config, params, vocab.encode, vocab.eos_id, description,
+                                       max_length=max_length, batch_size=batch_size,
+                                       mesh=partitioning.create_mesh(num_partitions))
+    embedder.vocabulary = vocab
+    return embedder
+
+
+def _check_embedder_settings(kind: str, model_dir: str | None, max_length: int, batch_size: int,
+                             num_partitions: int) -> None:
+    """The embedder's settings, checked before anything is loaded or written (the configs
+    check `dtype` as they are built, before anything is written too)."""
+    if kind not in EMBEDDERS:
+        raise UserError(f"unknown embedder {kind!r} (choose from {', '.join(EMBEDDERS)})")
+    if kind == "model" and not model_dir:
+        raise UserError("embedder 'model' needs the upstream model directory (model_dir)")
+    for name, value in (("max_length", max_length), ("batch_size", batch_size),
+                        ("num_partitions", num_partitions)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"indexing {name} must be a positive integer, got {value!r}")
+
+
+def _vocabulary_record(vocabulary) -> dict | None:
+    """What an index records of the vocabulary that tokenized its pool: the SentencePiece file
+    and its extra ids, so queries need no task module or binding to be tokenized the same way."""
+    path = getattr(vocabulary, "sentencepiece_model_file", None)
+    if not path:
+        return None
+    return {"path": os.path.abspath(path), "extra_ids": int(vocabulary.extra_ids)}
+
+
+def _recorded_vocabulary(record: dict):
+    """The vocabulary an index recorded (see `_vocabulary_record`)."""
+    import seqio  # pylint: disable=import-outside-toplevel
+    path = record.get("path") if isinstance(record, dict) else None
+    if not isinstance(path, str) or not os.path.isfile(path):
+        raise UserError(f"the vocabulary this index was embedded with is gone: {path} (restore "
+                        "the file, or rebuild the index)")
+    try:
+        vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=int(record.get("extra_ids", 0)))
+        _ = vocabulary.vocab_size
+    except Exception as e:  # pylint: disable=broad-except  (protobuf/sentencepiece errors)
+        raise UserError(f"the vocabulary this index was embedded with, {path}, is not a "
+                        f"SentencePiece model ({type(e).__name__})") from None
+    return vocabulary
+
+
+def check_index(index_dir: str, kind: str | None = None, model_dir: str | None = None) -> dict:
+    """Checks, without loading vectors, that `index_dir` holds a finished index (naming what is
+    wrong: incomplete, corrupt, missing) and, with `kind`, that it was embedded by that kind of
+    embedder -- with `model_dir` too, by that model. Returns the index's embedder description.
+
+    A stage that needs the upstream model's own index must not silently search another one (an
+    SBERT index would give SBERT's retrieval under the model's name).
+    """
+    if not os.path.isdir(index_dir):
+        raise UserError(f"index directory not found: {index_dir} (see `recross index build`)")
+    pool_dir = os.path.join(index_dir, "pool")
+    index_manifest = os.path.join(index_dir, "index", index_lib.MANIFEST)
+    if os.path.isfile(os.path.join(pool_dir, embed.MANIFEST)):
+        pool = embed.read_manifest(pool_dir)
+        if not pool.get("complete") or not os.path.isfile(index_manifest):
+            raise UserError(f"index {index_dir} is incomplete ({pool['count']} examples embedded "
+                            "so far; the build was interrupted): re-run the same `recross index "
+                            "build` command to resume it")
+    elif not os.path.isfile(index_manifest):
+        raise UserError(f"no index at {index_dir} (neither pool/ nor index/ holds a "
+                        f"{embed.MANIFEST}; see `recross index build`)")
+    described = index_lib.read_manifest(os.path.join(index_dir, "index"))["embedder"]
+    if not isinstance(described, dict):
+        raise UserError(f"index {index_dir} does not say what embedded it ({described!r}); "
+                        "rebuild it with `recross index build`")
+    made_by = described.get("kind")
+    if kind is not None and made_by != kind:
+        raise UserError(f"index {index_dir} was embedded by {made_by!r} "
+                        f"({described.get('model', described.get('model_dir', 'unknown'))}), "
+                        f"but this stage needs an index embedded by {kind!r}")
+    if kind == "model" and model_dir is not None:
+        from recross_jax import checkpoints  # pylint: disable=import-outside-toplevel
+        config = checkpoints.read_model_config(model_dir)
+        if described.get("dtype"):
+            config = dataclasses.replace(config, dtype=described["dtype"])
+        if described.get("config_hash") != embed.config_hash(config.to_dict()):
+            raise UserError(f"index {index_dir} was embedded by another model "
+                            f"({described.get('model_dir')}) than {model_dir}: its config "
+                            "differs; build the index with this model")
+    return described
 
 
 def build(mixture: str, out_dir: str, embedder: str = "model",
@@ -80,17 +164,39 @@ def build(mixture: str, out_dir: str, embedder: str = "model",
           progress: bool = True, on_start: Callable[[str], object] | None = None) -> index_lib.Index:
     """Embeds the mixture's pool into `out_dir/pool` (resumable) and indexes it in `out_dir/index`.
 
-    gin binds it in `gin/runs/index.gin` (`recross index build`); `on_start(out_dir)` runs once the
-    directory exists (the CLI writes the resolved config.gin there). `max_length` and `dtype`
-    (see `make_embedder`) are recorded, so queries are embedded the same way.
+    gin binds it in `gin/runs/index.gin` (`recross index build`); `on_start(out_dir)` runs once
+    every setting is checked and the directory exists (the CLI writes the resolved config.gin
+    there). `max_length`, `dtype` and the vocabulary (see `make_embedder`) are recorded, so
+    queries are embedded the same way.
     """
-    # First, so a bad embedder setting (kind, model_dir, dtype) leaves no directory behind.
+    # Every setting first, so that bad input leaves no directory behind.
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise UserError(f"shard_size must be a positive integer, got {shard_size!r}")
+    if max_examples_per_task is not None and (not isinstance(max_examples_per_task, int)
+                                              or max_examples_per_task < 1):
+        raise UserError(f"max_examples_per_task must be a positive integer or None, got "
+                        f"{max_examples_per_task!r}")
+    if backend not in index_lib.BACKENDS:
+        raise UserError(f"unknown index backend {backend!r}; choose one of "
+                        f"{', '.join(index_lib.BACKENDS)}")
+    if metric not in index_lib.METRICS:
+        raise UserError(f"unknown index metric {metric!r}; choose one of "
+                        f"{', '.join(index_lib.METRICS)}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"INDEX_DIR {out_dir} is a file, not a directory")
+    tasks = corpus.tasks_of(mixture)
+    if any(split not in task.splits for task in tasks):
+        task = next(task for task in tasks if split not in task.splits)
+        raise UserError(f"task {task.name!r} of {mixture!r} has no split {split!r} (it has: "
+                        f"{', '.join(task.splits)})")
     embedder_fn = make_embedder(embedder, mixture, model_dir, max_length, batch_size, num_partitions,
                                 dtype)
+    pool_dir = os.path.join(out_dir, "pool")
+    if os.path.isfile(os.path.join(pool_dir, embed.MANIFEST)):  # resuming: the same embedder?
+        embed.check_resumable(pool_dir, embedder_fn.description)
     os.makedirs(out_dir, exist_ok=True)
     if on_start:
         on_start(out_dir)
-    pool_dir = os.path.join(out_dir, "pool")
     manifest = embed.build_pool(pool_rows(mixture, split, max_examples_per_task), embedder_fn, pool_dir,
                                 shard_size=shard_size, progress=progress)
     vectors, rows, _ = embed.load_pool(pool_dir)
@@ -119,7 +225,9 @@ class Retriever:
     """An index directory opened for repeated retrieval: the index, its pool rows, and the
     embedder the manifest names (so queries are embedded exactly as the pool was)."""
 
-    def __init__(self, index_dir: str, batch_size: int = 64):
+    def __init__(self, index_dir: str, batch_size: int = 64, kind: str | None = None,
+                 model_dir: str | None = None):
+        check_index(index_dir, kind, model_dir)
         self.index = index_lib.load_index(os.path.join(index_dir, "index"))
         _, rows, _ = embed.load_pool(os.path.join(index_dir, "pool"), with_vectors=False)
         if len(rows) != len(self.index):
@@ -130,7 +238,10 @@ class Retriever:
         self.embedder = make_embedder(described["kind"], described.get("mixture", ""),
                                       described.get("model_dir"),
                                       described.get("max_length", _SBERT_UNRECORDED_MAX_LENGTH),
-                                      batch_size, dtype=described.get("dtype"))
+                                      batch_size, dtype=described.get("dtype"),
+                                      vocabulary=described.get("vocabulary"))
+        # The upstream model's tokenizer (None for SBERT indexes).
+        self.vocabulary = getattr(self.embedder, "vocabulary", None)
 
     def retrieve(self, queries: Sequence[str], num_candidates: int, mode: str = "concat",
                  exclude_tasks: Sequence[str] = ()) -> list[dict]:
