@@ -199,6 +199,12 @@ def truncated_checkpoint(world: World) -> str:
     return run
 
 
+def corrupt_model_config(world: World) -> str:
+    model = _copy(world, world.model_dir, "model_bad_config")
+    _corrupt_json(os.path.join(model, "model_config.json"))
+    return model
+
+
 def not_sentencepiece(world: World) -> str:
     path = world.path("not_a_vocab.model")
     with open(path, "w", encoding="utf-8") as f:
@@ -308,6 +314,9 @@ CASES = [
          "unknown task or mixture", lambda w: w.path("index_new")),
     Case("index build: missing model", _index_build("--gin.MODEL_DIR='{w.root}/no_model'"),
          "no_model", lambda w: w.path("index_new")),
+    Case("index build: a model whose checkpoint is truncated",
+         lambda w: _index_build()(w) + [f"--gin.MODEL_DIR='{truncated_checkpoint(w)}'"],
+         "is truncated or corrupt", lambda w: w.path("index_new")),
     Case("index build: bad dtype", _index_build("--gin.indexing.build.dtype='float8'"),
          "dtype must be one of", lambda w: w.path("index_new")),
     # retrieve
@@ -364,6 +373,9 @@ CASES = [
          _generalize("--gin.UPSAMPLE_RATIO=2.0", "--gin.RERANKER_DIR='{w.root}/no_reranker'",
                      methods="['recross']"),
          "reranker directory not found", lambda w: w.path("generalize_out")),
+    Case("generalize: corrupt model_config.json",
+         lambda w: _generalize()(w) + [f"--gin.MODEL_DIR='{corrupt_model_config(w)}'"],
+         "model config", lambda w: w.path("generalize_out")),
     Case("generalize: unknown method", _generalize(methods="['magic']"),
          "unknown method 'magic'", lambda w: w.path("generalize_out")),
     Case("generalize: corrupt index", _generalize(index=corrupt_index_manifest),
