@@ -205,6 +205,15 @@ def corrupt_model_config(world: World) -> str:
     return model
 
 
+def binary_file(world: World) -> str:
+    path = world.path("junk", "tuples.jsonl")
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(b"\xff\xfe\x00junk\n")
+    return path
+
+
 def not_sentencepiece(world: World) -> str:
     path = world.path("not_a_vocab.model")
     with open(path, "w", encoding="utf-8") as f:
@@ -345,6 +354,9 @@ CASES = [
          "needs an index embedded by 'model'", lambda w: w.path("mining_out")),
     Case("mine: num_candidates too small", _mine("--gin.mining.mine.num_candidates=3"),
          "num_candidates=3 must be at least", lambda w: w.path("mining_out")),
+    Case("mine: OUT holds binary junk",
+         lambda w: _mine()(w) + [f"--gin.OUT='{binary_file(w)}'"],
+         "is not UTF-8 text", binary_file),
     # reranker train
     Case("reranker train: no gin file, missing tuples (issue 26:5)",
          lambda w: ["reranker", "train", "--tuples", w.path("no_tuples.jsonl"),

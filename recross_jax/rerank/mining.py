@@ -439,9 +439,14 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
 def read_tuples(path: str, settings: _Settings | None = None) -> list[dict]:
     """The complete tuples of a mining output (a partially written last line, left by a killed
     run, is ignored). With `settings`, every tuple must come from them, in order."""
-    with open(path, "rb") as f:
-        data = f.read()
-    complete = data[:data.rfind(b"\n") + 1].decode("utf-8")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        complete = data[:data.rfind(b"\n") + 1].decode("utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read tuples file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"tuples file {path} is not UTF-8 text: {e.reason}") from None
     tuples = []
     for number, record in io_utils.parse_jsonl_lines(complete.splitlines(), path):
         if settings is not None and (record.get("index") != number - 1
