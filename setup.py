@@ -40,6 +40,10 @@ EXTRAS = {
         "faiss-cpu==1.15.1",
         "rouge-score==0.1.2",
         "ruff==0.17.6",
+        # executing notebooks/ headless (tests/test_notebook.py)
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
     ],
     "datasets": ["datasets==5.2.0"],
 }
