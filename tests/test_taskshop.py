@@ -248,6 +248,7 @@ def test_cli_select(capsys):
     (["evaluate", "--setup", "x/y"], "unknown TaskWeb setup 'x/y'"),
     (["evaluate", "--scores", "nofile"], "--scores takes NAME=FILE"),
     (["evaluate", "--no_authors"], "nothing to evaluate"),
+    (["score", "--n_source", "-3", "--out", "x.json"], "n_source must be a positive number"),
     (["evaluate", "--gin.taskshop_cli.settings.nope=1"], "nope"),
 ])
 def test_cli_bad_input(capsys, args, message):

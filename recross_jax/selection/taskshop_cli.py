@@ -278,6 +278,15 @@ def _config(args: argparse.Namespace) -> dict:
             cfg[name] = value
     if getattr(args, "k", None):
         cfg["ks"] = tuple(args.k)
+    for name in ("n_source", "n_target"):
+        if cfg[name] == 0:  # the flags' "all"
+            cfg[name] = None
+        if cfg[name] is not None and (isinstance(cfg[name], bool) or not isinstance(cfg[name], int)
+                                      or cfg[name] < 1):
+            raise UserError(f"{name} must be a positive number of examples (0 or None: all), "
+                            f"got {cfg[name]!r}")
+    if isinstance(cfg["min_examples"], bool) or not isinstance(cfg["min_examples"], int):
+        raise UserError(f"min_examples must be an integer, got {cfg['min_examples']!r}")
     taskshop.check_lambda(cfg["lam"])
     if cfg["setup"] not in taskweb.setups():
         raise UserError(f"unknown TaskWeb setup {cfg['setup']!r} (known: {', '.join(taskweb.setups())})")
@@ -408,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--setup", default=None, help="TaskWeb setup of T and the gold "
                          "(default finetune/t5l; 'mean' averages the seven)")
         sub.add_argument("--seed", type=int, default=None, help="seed of the example samples")
-        sub.add_argument("--n_source", type=int, default=None, help="examples per source task (100)")
-        sub.add_argument("--n_target", type=int, default=None, help="examples of the target (32)")
+        sub.add_argument("--n_source", type=int, default=None, help="examples per source task (100; 0: all)")
+        sub.add_argument("--n_target", type=int, default=None, help="examples of the target (32; 0: all)")
         sub.add_argument("--min_examples", type=int, default=None, help="fewest target examples (4)")
         sub.set_defaults(handler=handler)
         return sub
