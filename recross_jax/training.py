@@ -14,6 +14,7 @@ with T5X feature names (`recross_jax.data` builds them from SeqIO).
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import math
@@ -29,10 +30,10 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from recross_jax import checkpoints, partitioning
+from recross_jax import checkpoints, models, partitioning
 from recross_jax.errors import UserError
-from recross_jax.io_utils import parse_jsonl_lines, write_text_atomic
-from recross_jax.models.t5 import T5Config, Transformer
+from recross_jax.io_utils import parse_jsonl_lines, read_json_object, write_json_atomic, write_text_atomic
+from recross_jax.models import ModelConfig
 
 Batch = Mapping[str, np.ndarray]
 Metrics = dict[str, float]
@@ -44,6 +45,8 @@ MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_targe
 REQUIRED_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
 LOSS_NORMALIZERS = ("NUM_REAL_TARGET_TOKENS", "NUM_TOTAL_TARGET_TOKENS")
 METRICS_FILE = "metrics.jsonl"
+# How a run's parameters started (family, seed, warm-start weights and their sha256).
+INIT_FILE = "init.json"
 
 
 class NonFiniteLossError(UserError):
@@ -100,20 +103,16 @@ def state_shardings(boxed_params: Any, optimizer: optax.GradientTransformation,
         rng=replicated)
 
 
-def abstract_params(config: T5Config) -> Any:
-    """Shapes of the T5 parameters, still boxed with their logical axis names (no compute)."""
-    dummy = jnp.ones((1, 1), jnp.int32)
-    return jax.eval_shape(lambda rng: Transformer(config).init(rng, dummy, dummy, dummy),
-                          jax.random.PRNGKey(0))["params"]
+def abstract_params(config: ModelConfig) -> Any:
+    """Shapes of the parameters, still boxed with their logical axis names (no compute)."""
+    return jax.eval_shape(models.init_params, config, jax.random.PRNGKey(0))
 
 
-def init_params(config: T5Config, seed: int, mesh: Mesh,
+def init_params(config: ModelConfig, seed: int, mesh: Mesh,
                 rules: partitioning.LogicalRules = partitioning.DEFAULT_RULES) -> Any:
-    """Randomly initialised, unboxed T5 parameters placed on their shards of `mesh`."""
-    dummy = jnp.ones((1, 1), jnp.int32)
-    params, _ = partitioning.sharded_init(
-        lambda rng: Transformer(config).init(rng, dummy, dummy, dummy)["params"],
-        jax.random.PRNGKey(seed), mesh, rules)
+    """Randomly initialised, unboxed parameters placed on their shards of `mesh`."""
+    params, _ = partitioning.sharded_init(lambda rng: models.init_params(config, rng),
+                                          jax.random.PRNGKey(seed), mesh, rules)
     return params
 
 
@@ -609,8 +608,9 @@ def train(*, model_dir: str,
           train_dataset_fn: Callable[..., Iterator[Batch]],
           train_steps: int,
           optimizer: optax.GradientTransformation,
-          model_config: T5Config | None = None,
+          model_config: ModelConfig | None = None,
           init_checkpoint: str | None = None,
+          warm_start: str | None = None,
           eval_dataset_fn: Callable[[], Iterable[Batch]] | None = None,
           eval_period: int = 0,
           checkpoint_period: int = 1000,
@@ -643,6 +643,10 @@ def train(*, model_dir: str,
         the checkpoint's in what has no parameters (dropout, dtype).
       init_checkpoint: model directory whose parameters start a fresh run (fine-tuning);
         ignored when `model_dir` already has a checkpoint to resume from.
+      warm_start: pretrained weights that start a fresh run where the family has them
+        (BERT2BERT: a BERT checkpoint file or directory, or 'minilm' for the all-MiniLM-L6-v2
+        asset); the new sublayers are drawn from `seed`. How the run started is recorded in
+        `model_dir/init.json`, and a resumed run must have been started the same way.
       eval_dataset_fn: `() -> finite iterable of batches` evaluated every `eval_period` steps
         and at the end.
       eval_period: 0 disables periodic evaluation.
@@ -672,10 +676,15 @@ def train(*, model_dir: str,
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise UserError(f"MODEL_DIR {model_dir} is a file, not a directory")
     resume_step = _latest_step(model_dir)
+    if init_checkpoint is not None and resume_step is None and not os.path.isdir(init_checkpoint):
+        raise UserError(f"model directory not found: {init_checkpoint}")
     config = _run_config(model_dir, model_config, init_checkpoint, resume_step is not None)
+    if init_checkpoint is not None and warm_start is not None:
+        raise UserError("give train one of init_checkpoint and warm_start, not both")
+    init = _run_init(model_dir, config, init_checkpoint, warm_start, seed, resume_step is not None)
     batches = train_dataset_fn(start_step=resume_step or 0)  # one batch per step
     mesh = partitioning.create_mesh(num_partitions)
-    model = Transformer(config)
+    model = models.build(config)
     boxed = abstract_params(config)
     shardings = state_shardings(boxed, optimizer, mesh)
 
@@ -702,6 +711,9 @@ def train(*, model_dir: str,
     else:
         if init_checkpoint is not None:
             params = _restore_params(init_checkpoint, boxed, shardings.params)
+        elif warm_start is not None:
+            params = jax.device_put(models.warm_start(config, init["warm_start"], jax.random.PRNGKey(seed)),
+                                    shardings.params)
         else:
             params = init_params(config, seed, mesh)
         state = jax.jit(TrainState.create, static_argnums=(1, 2), out_shardings=shardings,
@@ -711,6 +723,7 @@ def train(*, model_dir: str,
     if on_start is not None:
         on_start(model_dir)
     checkpoints.write_model_config(model_dir, config)
+    write_json_atomic(os.path.join(model_dir, INIT_FILE), init)
     manager = checkpoints.CheckpointManager(model_dir, keep=keep_checkpoints)
     log = None
     try:  # the manager is closed on any error, so no save thread outlives the run
@@ -739,8 +752,43 @@ def _latest_step(model_dir: str) -> int | None:
         manager.close()
 
 
-def _run_config(model_dir: str, model_config: T5Config | None, init_checkpoint: str | None,
-                resuming: bool) -> T5Config:
+def _run_init(model_dir: str, config: ModelConfig, init_checkpoint: str | None,
+              warm_start: str | None, seed: int, resuming: bool) -> dict:
+    """How the run's parameters started (`INIT_FILE`): its family and random seed, the model
+    directory it fine-tunes, or the pretrained weights (path and sha256) it warm-starts from. A
+    resumed run must have started the same way."""
+    init: dict[str, Any] = {"family": config.family, "seed": seed}
+    if init_checkpoint is not None:
+        init["init_checkpoint"] = os.path.abspath(init_checkpoint)
+    if warm_start is not None:
+        if warm_start == "minilm":
+            from recross_jax import assets  # pylint: disable=import-outside-toplevel
+            warm_start = assets.minilm_dir()
+        weights = os.path.join(warm_start, "model.safetensors") if os.path.isdir(warm_start) else warm_start
+        if not os.path.isfile(weights):
+            raise UserError(f"warm_start weights not found: {weights}")
+        init.update(warm_start=os.path.abspath(weights), warm_start_sha256=_sha256(weights))
+    recorded_path = os.path.join(model_dir, INIT_FILE)
+    if resuming and os.path.isfile(recorded_path):
+        recorded = read_json_object(recorded_path, "run initialisation record")
+        for key in ("family", "warm_start_sha256"):  # what the resumed parameters came from
+            if recorded.get(key) != init.get(key):
+                raise UserError(f"{model_dir} was started with {key}={recorded.get(key)!r}, this "
+                                f"run asks for {init.get(key)!r}: resume it as it was started")
+        return recorded
+    return init
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _run_config(model_dir: str, model_config: ModelConfig | None, init_checkpoint: str | None,
+                resuming: bool) -> ModelConfig:
     """The network of the run: as given, else the fine-tuned checkpoint's; a resumed run must
     match the config saved in `model_dir`."""
     if model_config is None and init_checkpoint is not None and not resuming:
@@ -763,7 +811,7 @@ def _restore_params(init_checkpoint: str, boxed: Any, shardings: Any) -> Any:
     return checkpoints.restore_params(init_checkpoint, abstract)
 
 
-def _first_difference(a: T5Config, b: T5Config) -> str:
+def _first_difference(a: ModelConfig, b: ModelConfig) -> str:
     da, db = a.to_dict(), b.to_dict()
     key = next(k for k in sorted(da) if da[k] != db[k])
     return f"{key}={da[key]!r} vs {db[key]!r}"
