@@ -2,7 +2,8 @@
 
 A model directory holds:
 
-    model_config.json        the `T5Config` (enough, with a checkpoint, to rebuild the model)
+    model_config.json        the model config, with its `family` (enough, with a checkpoint, to
+                             rebuild the network)
     config.gin               the resolved gin config of the run that wrote it
     checkpoint_<step>/       params/ (the parameter pytree), train_state/ (optimizer state,
                              step, RNG; absent for exported models) and data/ (JSON: the data
@@ -25,9 +26,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from recross_jax import models
 from recross_jax.errors import UserError
 from recross_jax.io_utils import read_json_object, write_json_atomic
-from recross_jax.models.t5 import T5Config, Transformer
+from recross_jax.models import ModelConfig
 
 CONFIG_FILE = "model_config.json"
 GIN_FILE = "config.gin"
@@ -44,19 +46,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def write_model_config(model_dir: str, config: T5Config) -> None:
+def write_model_config(model_dir: str, config: ModelConfig) -> None:
     """Writes `model_config.json` (atomically)."""
     write_json_atomic(os.path.join(model_dir, CONFIG_FILE), config.to_dict())
 
 
-def read_model_config(model_dir: str) -> T5Config:
-    """Reads the `T5Config` of a model directory (or of the one holding a checkpoint dir)."""
+def read_model_config(model_dir: str) -> ModelConfig:
+    """Reads the config of a model directory (or of the one holding a checkpoint dir)."""
     path = os.path.join(_model_dir_of(model_dir), CONFIG_FILE)
     if not os.path.isfile(path):
         raise UserError(f"no {CONFIG_FILE} in model directory {model_dir}")
     values = read_json_object(path, "model config")
     try:
-        return T5Config.from_dict(values)
+        return models.config_from_dict(values)
     except (TypeError, ValueError) as e:
         raise UserError(f"malformed {path}: {_first_line(e)}") from None
 
@@ -223,7 +225,7 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
-def save_model(model_dir: str, config: T5Config, params: Any, step: int = 0) -> str:
+def save_model(model_dir: str, config: ModelConfig, params: Any, step: int = 0) -> str:
     """Writes a parameters-only model directory (e.g. an imported or merged model).
 
     Returns the checkpoint directory. `restore_model(model_dir)` reads it back.
@@ -239,7 +241,7 @@ def save_model(model_dir: str, config: T5Config, params: Any, step: int = 0) -> 
 
 
 def restore_model(model_dir: str, step: int | None = None, shardings: Any = None
-                  ) -> tuple[T5Config, Any]:
+                  ) -> tuple[ModelConfig, Any]:
     """The config and (unboxed) parameters of a model directory's checkpoint.
 
     Args:
@@ -257,10 +259,7 @@ def restore_model(model_dir: str, step: int | None = None, shardings: Any = None
     if not os.path.isdir(model_dir):
         raise UserError(f"model directory not found: {model_dir}")
     config = read_model_config(model_dir)
-    dummy = jax.ShapeDtypeStruct((1, 1), np.int32)
-    boxed = jax.eval_shape(Transformer(config).init, jax.random.PRNGKey(0), dummy, dummy,
-                           dummy)["params"]
-    abstract = nn.unbox(boxed)
+    abstract = nn.unbox(jax.eval_shape(lambda rng: models.init_params(config, rng), jax.random.PRNGKey(0)))
     if shardings is None:
         device = jax.local_devices()[0]
         shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(device), abstract)

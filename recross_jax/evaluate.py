@@ -21,10 +21,10 @@ import gin
 import numpy as np
 from jax.sharding import Mesh
 
-from recross_jax import checkpoints, corpus, gin_utils, inference, metrics, partitioning, task_modules
+from recross_jax import checkpoints, corpus, gin_utils, inference, metrics, models, partitioning, task_modules
 from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_json_atomic
-from recross_jax.models.t5 import T5Config, Transformer
+from recross_jax.models import ModelConfig
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -157,7 +157,7 @@ def run_eval(model_dir: str, task: str, split: str = "test", out_dir: str | None
     if vocabulary.vocab_size > config.vocab_size:
         raise UserError(f"task {task!r} uses {vocabulary.vocab_size} token ids but the model in "
                         f"{model_dir} has only {config.vocab_size}")
-    model = Transformer(config)
+    model = models.build(config)
     mesh = partitioning.create_mesh(num_partitions)
     _, params = checkpoints.restore_model(model_dir, step,
                                           shardings=inference.param_shardings(model, mesh))
@@ -172,7 +172,7 @@ def run_eval(model_dir: str, task: str, split: str = "test", out_dir: str | None
     return results
 
 
-def evaluate_params(config: T5Config, params: Any, examples: Sequence[EvalExample],
+def evaluate_params(config: ModelConfig, params: Any, examples: Sequence[EvalExample],
                     vocabulary: Any, *, mesh: Mesh,
                     batch_size: int = inference.DEFAULT_BATCH_SIZE,
                     length_normalize: bool = False, decode: bool = True,
@@ -188,7 +188,7 @@ def evaluate_params(config: T5Config, params: Any, examples: Sequence[EvalExampl
     if not examples:
         raise UserError("no examples to evaluate")
     import tqdm  # pylint: disable=import-outside-toplevel
-    model = Transformer(config)
+    model = models.build(config)
     n = len(examples)
     inputs = inference.pad_tokens([e.input_tokens for e in examples])
     choices = inference.pad_choices([e.choice_tokens for e in examples])

@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from recross_jax import inference, partitioning, training
+from recross_jax import inference, models, partitioning, training
 from recross_jax.errors import UserError
-from recross_jax.models.t5 import Transformer
 
 TokenPair = tuple[Sequence[int], Sequence[int]]
 
@@ -126,7 +125,7 @@ def _train_step(config, cfg: FinetuneConfig, schedule_steps: int, mesh):
     """
     optimizer = cfg.make_optimizer(schedule_steps)
     shardings = training.state_shardings(training.abstract_params(config), optimizer, mesh)
-    step = training.make_train_step(Transformer(config), optimizer, z_loss=0.0, mesh=mesh,
+    step = training.make_train_step(models.build(config), optimizer, z_loss=0.0, mesh=mesh,
                                     state_shardings=shardings)
     return optimizer, shardings, step
 
@@ -148,7 +147,7 @@ def example_losses(config, params: Any, pairs: Sequence[TokenPair], batch_size: 
                    mesh=None) -> np.ndarray:
     """Per-example mean token cross entropy of `pairs` under `params` (teacher forcing)."""
     mesh = mesh or partitioning.create_mesh(devices=jax.devices()[:1])
-    loss_fn = _example_loss_fn(Transformer(config), mesh)
+    loss_fn = _example_loss_fn(models.build(config), mesh)
     losses = np.zeros(len(pairs), np.float32)
     for rows, batch in length_sorted_batches(pairs, batch_size, mesh):
         losses[rows] = np.asarray(loss_fn(params, training.put_batch(batch, mesh)))[:len(rows)]

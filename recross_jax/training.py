@@ -105,7 +105,7 @@ def state_shardings(boxed_params: Any, optimizer: optax.GradientTransformation,
 
 def abstract_params(config: ModelConfig) -> Any:
     """Shapes of the parameters, still boxed with their logical axis names (no compute)."""
-    return jax.eval_shape(models.init_params, config, jax.random.PRNGKey(0))
+    return jax.eval_shape(lambda rng: models.init_params(config, rng), jax.random.PRNGKey(0))
 
 
 def init_params(config: ModelConfig, seed: int, mesh: Mesh,

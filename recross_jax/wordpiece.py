@@ -32,11 +32,15 @@ class WordPieceVocabulary(seqio.Vocabulary):
         self._tokenizer_path = tokenizer_path
 
     @functools.cached_property
+    def tokenizer_file(self) -> str:
+        """The `tokenizer.json` in use (what an index records)."""
+        path = self._tokenizer_path or assets.minilm_dir()
+        return os.path.abspath(os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path)
+
+    @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         """The `tokenizers.Tokenizer`."""
-        path = self._tokenizer_path or assets.minilm_dir()
-        if os.path.isdir(path):
-            path = os.path.join(path, "tokenizer.json")
+        path = self.tokenizer_file
         try:
             tokenizer = Tokenizer.from_file(path)
         except Exception as e:  # tokenizers raises a bare Exception for unreadable files

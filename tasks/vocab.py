@@ -1,10 +1,12 @@
-"""The SentencePiece vocabulary every task tokenizes with, resolved lazily so gin can bind it.
+"""The vocabulary every task tokenizes with, resolved lazily so gin can bind it.
 
 Tasks are registered when their module is imported (often from a gin file, before the rest of
-the gin file is parsed), so the vocabulary object built at import time only learns its model
-file on first use: from the gin binding `tasks.vocab.vocabulary_path.path`, else from
-`$RECROSS_VOCAB`, else the default file under the asset cache that `recross vocab train`
-writes. An official T5 `.model` file works the same way.
+the gin file is parsed), so the vocabulary object built at import time only learns its file on
+first use: from the gin binding `tasks.vocab.vocabulary_path.path`, else from `$RECROSS_VOCAB`,
+else the default file under the asset cache that `recross vocab train` writes. A SentencePiece
+`.model` (ours or an official T5 one) gives a SentencePiece vocabulary; `minilm`, or a
+`tokenizer.json` (or a directory holding one), gives a WordPiece vocabulary
+(`recross_jax.wordpiece`, the BERT2BERT family's, which `gin/models/minilm2minilm.gin` binds).
 
 `train_vocabulary` trains such a file (SentencePiece unigram with T5's special ids: pad 0,
 eos 1, unk 2, no bos; seqio appends the 100 extra ids above the trained pieces), and
@@ -26,8 +28,10 @@ import seqio
 from recross_jax import assets
 from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_text_atomic
+from recross_jax.wordpiece import WordPieceVocabulary
 
 EXTRA_IDS = 100
+MINILM = "minilm"  # a vocabulary_path naming all-MiniLM-L6-v2's WordPiece tokenizer (the asset's)
 DEFAULT_VOCAB_NAME = "recross_t0_upstream_8k.model"
 
 
@@ -38,25 +42,36 @@ def default_vocab_path() -> str:
 
 @gin.configurable
 def vocabulary_path(path: str | None = None) -> str:
-    """The SentencePiece model file to use: gin binding, else `$RECROSS_VOCAB`, else default."""
+    """The vocabulary file to use: gin binding, else `$RECROSS_VOCAB`, else the default; or
+    `minilm` for MiniLM's WordPiece tokenizer."""
     path = path or os.environ.get("RECROSS_VOCAB") or default_vocab_path()
-    if not os.path.isfile(path):
+    if path != MINILM and not os.path.exists(path):
         raise UserError(
             f"vocabulary file not found: {path} (run `recross vocab train --mixture "
             "t0_upstream --size 8000 --out PATH` and bind tasks.vocab.vocabulary_path.path)")
     return path
 
 
-class LazySentencePieceVocabulary(seqio.Vocabulary):
-    """A `seqio.SentencePieceVocabulary` whose model file is looked up on first use."""
+def _is_wordpiece(path: str) -> bool:
+    return path == MINILM or path.endswith(".json") or os.path.isdir(path)
+
+
+class LazyVocabulary(seqio.Vocabulary):
+    """The project vocabulary (SentencePiece with `extra_ids`, or WordPiece), looked up on
+    first use."""
 
     def __init__(self, extra_ids: int = EXTRA_IDS):
         super().__init__(extra_ids=extra_ids)
 
     @functools.cached_property
-    def _vocab(self) -> seqio.SentencePieceVocabulary:
+    def resolved(self) -> seqio.Vocabulary:
+        """The vocabulary in force (what an index records)."""
         path = vocabulary_path()
-        vocab = seqio.SentencePieceVocabulary(path, extra_ids=self.extra_ids)
+        if _is_wordpiece(path):
+            vocab = WordPieceVocabulary(None if path == MINILM else path)
+            _ = vocab.vocab_size  # reads the tokenizer now: an unreadable one is a UserError here
+            return vocab
+        vocab = seqio.SentencePieceVocabulary(path, extra_ids=self._extra_ids)
         try:  # seqio reads the file lazily; read it now, so a bad file is a UserError here
             _ = vocab.vocab_size
         except Exception as e:  # pylint: disable=broad-except  (protobuf DecodeError and kin)
@@ -66,9 +81,12 @@ class LazySentencePieceVocabulary(seqio.Vocabulary):
         return vocab
 
     @property
-    def sentencepiece_model_file(self) -> str:
-        """The SentencePiece model file in use (what an index records)."""
-        return self._vocab.sentencepiece_model_file
+    def extra_ids(self) -> int:
+        return self._vocab.extra_ids
+
+    @property
+    def _vocab(self) -> seqio.Vocabulary:
+        return self.resolved
 
     @property
     def vocab_size(self) -> int:
@@ -101,13 +119,13 @@ class LazySentencePieceVocabulary(seqio.Vocabulary):
         return self._vocab._decode_tf(ids)  # pylint: disable=protected-access
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, LazySentencePieceVocabulary) and self.extra_ids == other.extra_ids
+        return isinstance(other, LazyVocabulary)  # one project vocabulary, resolved once
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self.extra_ids))
+        return hash(type(self).__name__)
 
 
-VOCABULARY = LazySentencePieceVocabulary()
+VOCABULARY = LazyVocabulary()
 
 
 def train_vocabulary(texts: Iterable[str], size: int, out: str, seed: int = 0, *,

@@ -20,7 +20,7 @@ from recross_jax.errors import UserError
 from recross_jax.models import bert2bert
 from recross_jax.models.bert import BertConfig, load_hf_bert
 from recross_jax.models.bert2bert import Bert2BertConfig, Transformer
-from tasks.wordpiece import WordPieceVocabulary
+from recross_jax.wordpiece import WordPieceVocabulary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(vocab_size=60, hidden_size=32, num_encoder_layers=2, num_decoder_layers=2,

@@ -114,7 +114,7 @@ def test_finetune_from_init_checkpoint(tmp_path):
                                         r"\(16, 64\), expected \(16, 80\)"):
         run_train(str(tmp_path / "ft2"), 1, model_config=tiny_config(vocab_size=80),
                   init_checkpoint=str(tmp_path / "base"))
-    with pytest.raises(UserError, match="no model_config.json in model directory .*missing"):
+    with pytest.raises(UserError, match="model directory not found: .*missing"):
         run_train(str(tmp_path / "ft3"), 1, model_config=None,
                   init_checkpoint=str(tmp_path / "missing"))
 

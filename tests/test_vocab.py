@@ -73,7 +73,7 @@ def test_official_t5_style_model_is_accepted(monkeypatch):
     reference = seqio.SentencePieceVocabulary(SEQIO_T5_MODEL, extra_ids=100)
     monkeypatch.setenv("RECROSS_VOCAB", SEQIO_T5_MODEL)
     assert vocab.vocabulary_path() == SEQIO_T5_MODEL
-    lazy = vocab.LazySentencePieceVocabulary()
+    lazy = vocab.LazyVocabulary()
     assert lazy.vocab_size == reference.vocab_size == 126  # 26 pieces + 100 extra ids
     assert lazy.encode("hello world") == reference.encode("hello world")
     assert (lazy.eos_id, lazy.unk_id) == (1, 2)

@@ -10,7 +10,7 @@ self-attention, a cross-attention sublayer after it in every decoder layer, and 
 `Transformer` has `recross_jax.models.t5.Transformer`'s interface and T5X's conventions, so the
 stages can take either family: id 0 is padding, and a decoder input id 0 is the decoder's start
 token, embedded as BERT's `decoder_start_token_id` ([CLS], 101 in MiniLM's vocabulary); EOS is
-[SEP] (102) at the vocabulary level (`tasks/wordpiece.py`); the KV cache lives in the `cache`
+[SEP] (102) at the vocabulary level (`recross_jax/wordpiece.py`); the KV cache lives in the `cache`
 collection. Parameter names (logical axes as in `recross_jax.models.bert`):
 
     encoder/...                                         a `bert.BertModel` (no pooler)
@@ -86,6 +86,11 @@ class Bert2BertConfig:
     decoder_start_token_id: int = 101
     dtype: str = "float32"
     family: str = FAMILY
+
+    @property
+    def width(self) -> int:
+        """The width of the encoder's hidden states (what the index embedder mean-pools)."""
+        return self.hidden_size
 
     def __post_init__(self) -> None:
         if self.family != FAMILY:

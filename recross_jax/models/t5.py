@@ -73,6 +73,8 @@ class T5Config:
       float32_attention_logits: compute attention logits and softmax in float32.
       relative_attention_num_buckets: buckets of the relative position bias.
       relative_attention_max_distance: distance beyond which all offsets share a bucket.
+      family: 't5', so a stored `model_config.json` says which network it describes (files
+        written before the field existed have none and are T5).
     """
 
     vocab_size: int
@@ -89,8 +91,16 @@ class T5Config:
     float32_attention_logits: bool = True
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
+    family: str = "t5"
+
+    @property
+    def width(self) -> int:
+        """The width of the encoder's hidden states (what the index embedder mean-pools)."""
+        return self.emb_dim
 
     def __post_init__(self) -> None:
+        if self.family != "t5":
+            raise UserError(f"T5Config.family must be 't5', got {self.family!r}")
         # gin and JSON hand sequences over as lists; the config must stay hashable.
         object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
         for name in ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers",

@@ -46,9 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from recross_jax import checkpoints, finetune, gin_utils, io_utils, partitioning, training
+from recross_jax import checkpoints, finetune, gin_utils, io_utils, models, partitioning, training
 from recross_jax.errors import UserError
-from recross_jax.models.t5 import T5Config, Transformer
+from recross_jax.models import ModelConfig
 from recross_jax.retrieval import indexing
 
 TokenPair = finetune.TokenPair
@@ -85,7 +85,7 @@ class GroupFinetuner:
     mean per-example loss on a held-out set; the copies of a round run in one vmapped program
     (`parallel=True`) or one after another (`parallel=False`)."""
 
-    def __init__(self, config: T5Config, params: Any,
+    def __init__(self, config: ModelConfig, params: Any,
                  finetune_config: finetune.FinetuneConfig = GROUP_FINETUNE,
                  parallel: bool = True, num_partitions: int = 1, eval_batch_size: int = 50):
         if eval_batch_size < 1:
@@ -161,7 +161,7 @@ class GroupFinetuner:
 
 
 @functools.lru_cache(maxsize=16)
-def _stacked_programs(config: T5Config, cfg: finetune.FinetuneConfig, total_steps: int, n: int,
+def _stacked_programs(config: ModelConfig, cfg: finetune.FinetuneConfig, total_steps: int, n: int,
                       num_partitions: int) -> _StackedPrograms:
     """Compiled once per process for each network, fine-tune, length and width."""
     return _StackedPrograms(config, cfg.make_optimizer(total_steps), n, num_partitions)
@@ -172,8 +172,8 @@ class _StackedPrograms:
     some copy sits a step out) and a vmapped per-example loss; the stacked axis is sharded over
     the mesh's `data` axis."""
 
-    def __init__(self, config: T5Config, optimizer, n: int, num_partitions: int):
-        model = Transformer(config)
+    def __init__(self, config: ModelConfig, optimizer, n: int, num_partitions: int):
+        model = models.build(config)
         width = max(1, len(jax.devices()) // num_partitions)
         data = max(d for d in range(1, min(n, width) + 1) if n % d == 0)
         self.mesh = partitioning.create_mesh(num_partitions,

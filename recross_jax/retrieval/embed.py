@@ -183,17 +183,16 @@ class T5EncoderEmbedder:
                  description: dict, max_length: int = 512, batch_size: int = 64, mesh=None):
         import jax  # pylint: disable=import-outside-toplevel
 
-        from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
-        from recross_jax.models import t5  # pylint: disable=import-outside-toplevel
+        from recross_jax import models, partitioning  # pylint: disable=import-outside-toplevel
         from recross_jax.retrieval import packing  # pylint: disable=import-outside-toplevel
         self.description = description
         self.tokenize = tokenize
         self.eos_id = eos_id
         self.max_length = max_length
-        self.dims = config.emb_dim
+        self.dims = config.width
         self.mesh = mesh or partitioning.create_mesh()
         self._packer = packing.Packer(max_length, batch_size, self.mesh.shape["data"])
-        model = t5.Transformer(config)
+        model = models.build(config)
         dummy = np.ones((1, 1), np.int32)
         boxed = jax.eval_shape(lambda rng: model.init(rng, dummy, dummy, dummy), jax.random.PRNGKey(0))
         param_shardings = partitioning.param_shardings(boxed["params"], self.mesh)
@@ -202,7 +201,7 @@ class T5EncoderEmbedder:
         max_segments = self._packer.max_segments
 
         def encode(params, tokens, segments):
-            hidden = model.apply({"params": params}, tokens, segments, method=t5.Transformer.encode)
+            hidden = model.apply({"params": params}, tokens, segments, method="encode")
             return packing.segment_mean(hidden, segments, max_segments[tokens.shape[1]])
 
         jitted = jax.jit(encode, in_shardings=(param_shardings, batch_sharding, batch_sharding),

@@ -92,11 +92,17 @@ def _check_embedder_settings(kind: str, model_dir: str | None, max_length: int, 
 
 def _vocabulary_record(vocabulary) -> dict | None:
     """What an index records of the vocabulary that tokenized its pool: the SentencePiece file
-    and its extra ids, so queries need no task module or binding to be tokenized the same way."""
+    and its extra ids, or the WordPiece `tokenizer.json`, so queries need no task module or
+    binding to be tokenized the same way."""
+    from recross_jax.wordpiece import WordPieceVocabulary  # pylint: disable=import-outside-toplevel
+    vocabulary = getattr(vocabulary, "resolved", vocabulary)  # the project's lazy vocabulary
+    if isinstance(vocabulary, WordPieceVocabulary):
+        return {"kind": "wordpiece", "path": vocabulary.tokenizer_file}
     path = getattr(vocabulary, "sentencepiece_model_file", None)
     if not path:
         return None
-    return {"path": os.path.abspath(path), "extra_ids": int(vocabulary.extra_ids)}
+    return {"kind": "sentencepiece", "path": os.path.abspath(path),
+            "extra_ids": int(vocabulary.extra_ids)}
 
 
 def _recorded_vocabulary(record: dict):
@@ -106,6 +112,11 @@ def _recorded_vocabulary(record: dict):
     if not isinstance(path, str) or not os.path.isfile(path):
         raise UserError(f"the vocabulary this index was embedded with is gone: {path} (restore "
                         "the file, or rebuild the index)")
+    if record.get("kind") == "wordpiece":
+        from recross_jax.wordpiece import WordPieceVocabulary  # pylint: disable=import-outside-toplevel
+        vocabulary = WordPieceVocabulary(path)
+        _ = vocabulary.vocab_size  # an unreadable tokenizer is a UserError now
+        return vocabulary
     try:
         vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=int(record.get("extra_ids", 0)))
         _ = vocabulary.vocab_size
