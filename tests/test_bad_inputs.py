@@ -437,7 +437,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, world, capsys, mo
     output = case.output(world)
     before = snapshot(output)
     if case.fresh_vocabulary:  # the process loads its vocabulary once: forget it for this case
-        monkeypatch.delitem(vocab.VOCABULARY.__dict__, "_vocab", raising=False)
+        monkeypatch.delitem(vocab.VOCABULARY.__dict__, "resolved", raising=False)
     capsys.readouterr()
     gin.clear_config()  # as in a fresh process: a module may register configurables on import
     code = cli.main(argv)
@@ -464,7 +464,7 @@ def test_an_index_records_its_vocabulary_and_retrieves_without_it_bound(world, c
     from tasks import vocab  # pylint: disable=import-outside-toplevel
     with open(os.path.join(world.index, "index", "manifest.json"), encoding="utf-8") as f:
         recorded = json.load(f)["embedder"]["vocabulary"]
-    assert recorded == {"path": tiny_models.SEQIO_TEST_VOCAB, "extra_ids": 100}
+    assert recorded == {"kind": "sentencepiece", "path": tiny_models.SEQIO_TEST_VOCAB, "extra_ids": 100}
     monkeypatch.setenv("RECROSS_VOCAB", str(tmp_path / "unbound.model"))
     monkeypatch.delitem(vocab.VOCABULARY.__dict__, "_vocab", raising=False)
     out = tmp_path / "retrieved.jsonl"

@@ -16,8 +16,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HEAVY = ("tensorflow", "tensorflow_text", "seqio", "scann", "torch", "transformers",
          "sentence_transformers", "faiss")
-# The one module that is the SeqIO/TensorFlow data layer by design.
-DATA_LAYER = ("recross_jax.data",)
+# The modules that are the SeqIO/TensorFlow data layer by design: the batch pipeline and the
+# WordPiece vocabulary (a seqio.Vocabulary with TensorFlow ops).
+DATA_LAYER = ("recross_jax.data", "recross_jax.wordpiece")
 
 SCRIPT = textwrap.dedent('''
     import importlib, pkgutil, sys, tempfile
