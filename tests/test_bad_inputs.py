@@ -466,7 +466,7 @@ def test_an_index_records_its_vocabulary_and_retrieves_without_it_bound(world, c
         recorded = json.load(f)["embedder"]["vocabulary"]
     assert recorded == {"kind": "sentencepiece", "path": tiny_models.SEQIO_TEST_VOCAB, "extra_ids": 100}
     monkeypatch.setenv("RECROSS_VOCAB", str(tmp_path / "unbound.model"))
-    monkeypatch.delitem(vocab.VOCABULARY.__dict__, "_vocab", raising=False)
+    monkeypatch.delitem(vocab.VOCABULARY.__dict__, "resolved", raising=False)
     out = tmp_path / "retrieved.jsonl"
     assert cli.main(["retrieve", "--index", world.index, "--queries", world.queries, "--k", "4",
                      "--out", str(out), "--tasks_module", "tasks.common"]) == 0, capsys.readouterr().err

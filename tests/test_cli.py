@@ -202,7 +202,7 @@ def test_missing_vocabulary_is_one_line_exit_2_before_any_dataset_is_traced(
     missing = tmp_path / "missing.model"
     monkeypatch.setenv("RECROSS_VOCAB", str(missing))
     # The project vocabulary loads its file once per process: forget it for this test.
-    monkeypatch.delitem(vocab.VOCABULARY.__dict__, "_vocab", raising=False)
+    monkeypatch.delitem(vocab.VOCABULARY.__dict__, "resolved", raising=False)
     code, _, err = run(capsys, "data", "show", "clitiny_mix", "-n", "1", "--tasks_module", tasks_module)
     assert code == 2 and err.startswith(f"recross: error: vocabulary file not found: {missing} (run")
     assert err.count("\n") == 1

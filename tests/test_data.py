@@ -37,12 +37,12 @@ def toy_registry():
     """Tiny tasks on seqio's test vocabulary; the shared vocabulary is reset around them."""
     saved = os.environ.get("RECROSS_VOCAB")
     os.environ["RECROSS_VOCAB"] = TEST_VOCAB
-    vocab.VOCABULARY.__dict__.pop("_vocab", None)  # drop a model file resolved earlier
+    vocab.VOCABULARY.__dict__.pop("resolved", None)  # drop a model file resolved earlier
     common.register_task("toy_data.a", toy_examples("a", 21))
     common.register_task("toy_data.b", toy_examples("b", 13))
     common.register_mixture("toy_data.mix", ["toy_data.a", "toy_data.b"])
     yield
-    vocab.VOCABULARY.__dict__.pop("_vocab", None)
+    vocab.VOCABULARY.__dict__.pop("resolved", None)
     if saved is None:
         del os.environ["RECROSS_VOCAB"]
     else:

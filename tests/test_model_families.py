@@ -17,6 +17,7 @@ import tiny_bert
 from recross_jax import checkpoints, evaluate, models, train
 from recross_jax.errors import UserError
 from recross_jax.models import Bert2BertConfig, T5Config
+from tasks import vocab
 
 TASKS_MODULE = '''
 from tasks import common
@@ -86,7 +87,10 @@ def experiment(tmp_path, monkeypatch):
     (tmp_path / "b2b.gin").write_text(textwrap.dedent(EXPERIMENT))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # gin/ paths
+    # The project vocabulary is resolved once per process: forget it, here and after the test.
+    monkeypatch.delitem(vocab.VOCABULARY.__dict__, "resolved", raising=False)
     yield tmp_path, bert_dir
+    vocab.VOCABULARY.__dict__.pop("resolved", None)
     gin.clear_config()
 
 
@@ -118,6 +122,7 @@ def test_train_warm_starts_bert2bert_records_it_and_evaluation_takes_it(experime
 
     gin.clear_config()
     assert _train(tmp_path, bert_dir, model_dir, 3) == 0, capsys.readouterr().err  # resumes
+    assert vocab.VOCABULARY.vocab_size == 31  # tiny_bert's WordPiece tokenizer
     assert checkpoints.CheckpointManager(str(model_dir)).latest_step() == 3
     with gin.unlock_config():
         gin.bind_parameter("tasks.vocab.vocabulary_path.path", f"{bert_dir}/tokenizer.json")
