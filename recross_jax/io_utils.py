@@ -58,16 +58,20 @@ def parse_jsonl_lines(lines: Iterable[str], path: str) -> list[tuple[int, dict]]
     return rows
 
 
+def _check_file(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise UserError(f"{what} not found: {path}")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} is not a file: {path}")
+
+
 def read_jsonl(path: str, what: str = "JSONL file") -> list[tuple[int, dict]]:
     """(1-based line number, object) for every non-blank line of the file at `path`.
 
     Raises:
       UserError: `what` is missing, not a file, unreadable or not UTF-8; or a malformed line.
     """
-    if not os.path.exists(path):
-        raise UserError(f"{what} not found: {path}")
-    if not os.path.isfile(path):
-        raise UserError(f"{what} is not a file: {path}")
+    _check_file(path, what)
     try:
         with open(path, encoding="utf-8") as f:
             return parse_jsonl_lines(f, path)
@@ -84,10 +88,7 @@ def read_json(path: str, what: str = "JSON file") -> Any:
       UserError: `what` is missing, not a file, unreadable, not UTF-8 or not valid JSON (a
         truncated or hand-edited manifest), as one line naming the file.
     """
-    if not os.path.exists(path):
-        raise UserError(f"{what} not found: {path}")
-    if not os.path.isfile(path):
-        raise UserError(f"{what} is not a file: {path}")
+    _check_file(path, what)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
