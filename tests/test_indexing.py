@@ -181,3 +181,20 @@ def test_sbert_embedder_takes_max_length_and_dtype():
                                     "dtype": "bfloat16"}
     assert embedder.sentence_embedder.max_length == 32
     assert embedder.sentence_embedder.config.dtype == "bfloat16"
+
+
+def test_queries_are_embedded_with_the_step_the_index_records(tmp_path, setup, monkeypatch):
+    root, _, _ = setup
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    model_dir = str(tmp_path / "model")
+    tiny_models.save_tiny_model(model_dir, step=3, seed=0)
+    assert cli.main(build_args(root, model_dir, "index_step3")) == 0
+    tiny_models.save_tiny_model(model_dir, step=5, seed=1)  # trained on after the index was built
+    retriever = indexing.Retriever(str(root / "index_step3"))
+    assert retriever.embedder.description["step"] == 3
+    vectors, pool_rows, _ = embed.load_pool(str(root / "index_step3" / "pool"))
+    query = retriever.embedder([{"inputs": pool_rows[0]["inputs"]}])[0]
+    np.testing.assert_allclose(query, vectors[0], atol=1e-5)
+    latest = indexing.make_embedder("model", f"{PREFIX}_upstream", model_dir, max_length=256)
+    assert latest.description["step"] == 5
+    assert not np.allclose(latest([{"inputs": pool_rows[0]["inputs"]}])[0], vectors[0], atol=1e-3)

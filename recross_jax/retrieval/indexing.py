@@ -38,7 +38,8 @@ def pool_rows(mixture: str, split: str = "train", max_examples_per_task: int | N
 
 def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_length: int = 512,
                   batch_size: int = 64, num_partitions: int = 1,
-                  dtype: str | None = None, vocabulary: dict | None = None) -> embed.Embedder:
+                  dtype: str | None = None, vocabulary: dict | None = None,
+                  step: int | None = None) -> embed.Embedder:
     """The pool/query embedder of `kind`; `model` needs the upstream `model_dir`.
 
     `dtype` is the activation dtype ('float32' or 'bfloat16'; default: the checkpoint's for
@@ -46,6 +47,8 @@ def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_len
     accelerators, at a cosine of about 0.9999 to the float32 vectors. `vocabulary` is the
     SentencePiece file an index recorded ({"path", "extra_ids"}); without it the `model`
     embedder tokenizes with the vocabulary of `mixture`'s tasks (and records that file).
+    `step` is the checkpoint of `model_dir` to embed with (default the latest; an index's
+    queries use the step its manifest records, whatever was trained since).
     """
     from recross_jax import partitioning  # pylint: disable=import-outside-toplevel
     _check_embedder_settings(kind, model_dir, max_length, batch_size, num_partitions)
@@ -57,12 +60,13 @@ def make_embedder(kind: str, mixture: str, model_dir: str | None = None, max_len
         return _TextEmbedder(encoder, {"kind": "sbert", "model": "all-MiniLM-L6-v2",
                                        "max_length": max_length, "dtype": encoder.config.dtype})
     from recross_jax import checkpoints  # pylint: disable=import-outside-toplevel
-    config, params = checkpoints.restore_model(model_dir)
+    config, params = checkpoints.restore_model(model_dir, step)
     if dtype is not None:
         config = dataclasses.replace(config, dtype=dtype)
-    manager = checkpoints.CheckpointManager(model_dir, read_only=True)
-    step = manager.latest_step()
-    manager.close()
+    if step is None:
+        manager = checkpoints.CheckpointManager(model_dir, read_only=True)
+        step = manager.latest_step()
+        manager.close()
     vocab = (_recorded_vocabulary(vocabulary) if vocabulary
              else corpus.tasks_of(mixture)[0].output_features["inputs"].vocabulary)
     description = {"kind": "model", "model_dir": os.path.abspath(model_dir), "step": int(step),
@@ -250,7 +254,8 @@ class Retriever:
                                       described.get("model_dir"),
                                       described.get("max_length", _SBERT_UNRECORDED_MAX_LENGTH),
                                       batch_size, dtype=described.get("dtype"),
-                                      vocabulary=described.get("vocabulary"))
+                                      vocabulary=described.get("vocabulary"),
+                                      step=described.get("step"))
         # The upstream model's tokenizer (None for SBERT indexes).
         self.vocabulary = getattr(self.embedder, "vocabulary", None)
 
