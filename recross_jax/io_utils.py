@@ -3,6 +3,7 @@ JSONL reading whose errors name the file and line."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -56,6 +57,15 @@ def parse_jsonl_lines(lines: Iterable[str], path: str) -> list[tuple[int, dict]]
             raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
         rows.append((number, row))
     return rows
+
+
+def sha256_file(path: str) -> str:
+    """The sha256 of a file's bytes, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_file(path: str, what: str) -> None:

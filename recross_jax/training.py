@@ -14,7 +14,6 @@ with T5X feature names (`recross_jax.data` builds them from SeqIO).
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import json
 import math
@@ -32,7 +31,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from recross_jax import checkpoints, models, partitioning
 from recross_jax.errors import UserError
-from recross_jax.io_utils import parse_jsonl_lines, read_json_object, write_json_atomic, write_text_atomic
+from recross_jax.io_utils import (
+    parse_jsonl_lines,
+    read_json_object,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from recross_jax.models import ModelConfig
 
 Batch = Mapping[str, np.ndarray]
@@ -767,7 +772,7 @@ def _run_init(model_dir: str, config: ModelConfig, init_checkpoint: str | None,
         weights = os.path.join(warm_start, "model.safetensors") if os.path.isdir(warm_start) else warm_start
         if not os.path.isfile(weights):
             raise UserError(f"warm_start weights not found: {weights}")
-        init.update(warm_start=os.path.abspath(weights), warm_start_sha256=_sha256(weights))
+        init.update(warm_start=os.path.abspath(weights), warm_start_sha256=sha256_file(weights))
     recorded_path = os.path.join(model_dir, INIT_FILE)
     if resuming and os.path.isfile(recorded_path):
         recorded = read_json_object(recorded_path, "run initialisation record")
@@ -777,14 +782,6 @@ def _run_init(model_dir: str, config: ModelConfig, init_checkpoint: str | None,
                                 f"run asks for {init.get(key)!r}: resume it as it was started")
         return recorded
     return init
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _run_config(model_dir: str, model_config: ModelConfig | None, init_checkpoint: str | None,

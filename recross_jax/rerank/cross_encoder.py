@@ -558,14 +558,6 @@ def dev_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "accuracy": float(np.mean(logits.argmax(-1) == labels))}
 
 
-def _sha256_file(path: str) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 @dataclasses.dataclass(frozen=True)
 class _Settings:
     """Everything that determines the trained reranker; its hash guards resume and reuse."""
@@ -652,8 +644,8 @@ def train_reranker(tuples_path: str, out_dir: str, *,
     tokenizer_path = os.path.join(init_dir, TOKENIZER_FILE)
     tokenizer = PairTokenizer.from_file(tokenizer_path, max_length)
     settings = _Settings(
-        tuples_sha256=_sha256_file(tuples_path),
-        init_weights_sha256=_sha256_file(os.path.join(init_dir, "model.safetensors")),
+        tuples_sha256=io_utils.sha256_file(tuples_path),
+        init_weights_sha256=io_utils.sha256_file(os.path.join(init_dir, "model.safetensors")),
         bert_config=dataclasses.asdict(config), max_length=max_length, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, warmup_steps=warmup_steps,
         schedule=schedule, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,

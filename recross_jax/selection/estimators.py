@@ -19,7 +19,6 @@ project's examples). `taskweb_examples` reads TaskWeb's prompted examples from
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import zlib
@@ -27,6 +26,7 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from recross_jax import io_utils
 from recross_jax.errors import UserError
 
 Example = Mapping[str, object]
@@ -175,24 +175,15 @@ def sample(examples: Sequence[Example], n: int | None, seed: int, key: str = "")
 def read_examples(path: str, task: str | None = None) -> list[dict]:
     """The examples of a JSONL file (lines with `inputs`, optional `choices`); a UserError
     naming the line for a malformed one."""
-    if not os.path.isfile(path):
-        raise UserError(f"examples file not found: {path}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("inputs"), str):
-                raise UserError(f"{path}:{number}: an example needs a string 'inputs'")
-            choices = row.get("choices", row.get("answer_choices"))
-            if choices is not None and not isinstance(choices, list):
-                raise UserError(f"{path}:{number}: 'choices' must be a list or null")
-            if task is None or row.get("task", task) == task:
-                rows.append(row)
+    for number, row in io_utils.read_jsonl(path, what="examples file"):
+        if not isinstance(row.get("inputs"), str):
+            raise UserError(f"{path}:{number}: an example needs a string 'inputs'")
+        choices = row.get("choices", row.get("answer_choices"))
+        if choices is not None and not isinstance(choices, list):
+            raise UserError(f"{path}:{number}: 'choices' must be a list or null")
+        if task is None or row.get("task", task) == task:
+            rows.append(row)
     return rows
 
 
