@@ -4,6 +4,8 @@
   discount log2(i + 2), normalised by the DCG of the gold order.
 - Regret@k = (mean target score of the gold top k − mean target score of the predicted top k)
   / the former, on absolute target scores after source→target training.
+- Spearman's ρ between two score tables over the pairs both hold (how alike an estimate or a
+  measurement ranks transfer compared with TaskWeb's).
 
 Rankings sort by score, highest first; ties keep the order of the candidate list (Python's
 stable sort, as the authors' code).
@@ -104,3 +106,23 @@ def _mean(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     out = {key: float(np.mean([row[key] for row in rows])) for key in keys}
     out["n"] = len(rows)
     return out
+
+
+def spearman(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]]
+             ) -> tuple[float, int]:
+    """Spearman's ρ between two score tables over the (target, source) pairs both have."""
+    from scipy import stats  # pylint: disable=import-outside-toplevel
+    pairs = [(a[t][s], b[t][s]) for t in a if t in b for s in a[t] if s in b[t]]
+    if len(pairs) < 3:
+        return float("nan"), len(pairs)
+    x, y = zip(*pairs)
+    return float(stats.spearmanr(x, y)[0]), len(pairs)
+
+
+def spearman_per_target(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]]
+                        ) -> tuple[float, int]:
+    """The mean over shared targets of Spearman's ρ between their source scores (how alike
+    the two rank the sources of one target), and the number of targets."""
+    rhos = [spearman({t: a[t]}, {t: b[t]})[0] for t in a if t in b]
+    rhos = [r for r in rhos if math.isfinite(r)]
+    return (float(np.mean(rhos)) if rhos else float("nan")), len(rhos)

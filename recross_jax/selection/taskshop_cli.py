@@ -106,26 +106,6 @@ def write_json(path: str, obj) -> None:
         f.write("\n")
 
 
-def spearman(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]]
-             ) -> tuple[float, int]:
-    """Spearman's ρ between two score tables over the (target, source) pairs both have."""
-    from scipy import stats  # pylint: disable=import-outside-toplevel
-    pairs = [(a[t][s], b[t][s]) for t in a if t in b for s in a[t] if s in b[t]]
-    if len(pairs) < 3:
-        return float("nan"), len(pairs)
-    x, y = zip(*pairs)
-    return float(stats.spearmanr(x, y)[0]), len(pairs)
-
-
-def spearman_per_target(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]]
-                        ) -> tuple[float, int]:
-    """The mean over shared targets of Spearman's ρ between their source scores (how alike
-    the two rank the sources of one target), and the number of targets."""
-    rhos = [spearman({t: a[t]}, {t: b[t]})[0] for t in a if t in b]
-    rhos = [r for r in rhos if math.isfinite(r)]
-    return (float(np.mean(rhos)) if rhos else float("nan")), len(rhos)
-
-
 # ----------------------------------------------------------------------------- estimators
 
 
@@ -303,7 +283,7 @@ def _score(args: argparse.Namespace) -> int:
         taskweb.check_task(target)
     estimator = make_estimator(args.estimator, cfg, args.model_dir)
     table = score_taskweb(estimator, targets, cfg, args.examples_dir)
-    rho, n = spearman(taskweb.roe(), table)
+    rho, n = ranking.spearman(taskweb.roe(), table)
     write_json(args.out, {"estimator": args.estimator, "n_source": cfg["n_source"],
                           "n_target": cfg["n_target"], "seed": cfg["seed"],
                           "model_dir": args.model_dir, "scores": table})
@@ -330,8 +310,8 @@ def _evaluate(args: argparse.Namespace) -> int:
              + ", ".join(f"{result['lambdas'][n]:g} ({_ts_row(n)})" for n in tables)]
     for name, table in tables.items():
         if name != AUTHORS:
-            rho, n = spearman(taskweb.roe(), table)
-            per_target, n_targets = spearman_per_target(taskweb.roe(), table)
+            rho, n = ranking.spearman(taskweb.roe(), table)
+            per_target, n_targets = ranking.spearman_per_target(taskweb.roe(), table)
             notes.append(f"Spearman ρ of {name} with the authors' RoE: {rho:.4f} over {n} pairs "
                          f"(per target: {per_target:.4f}, mean of {n_targets})")
     curves = lambda_markdown(result["lambda_curves"], cfg["heldout"], result["lambdas"])
