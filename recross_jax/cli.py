@@ -35,7 +35,7 @@ PASSTHROUGH = {
     "reranker": ("recross_jax.rerank.cross_encoder",
                  "the cross-encoder reranker (one action: train, on mined tuples)"),
     "taskshop": ("recross_jax.selection.taskshop_cli",
-                 "TaskWeb/TaskShop source-task selection (score | evaluate | select)"),
+                 "TaskWeb/TaskShop source-task selection (score | evaluate | select | transfer)"),
 }
 RERANKER_USAGE = "usage: recross reranker train --tuples FILE --out DIR [gin flags]"
 

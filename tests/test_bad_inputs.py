@@ -185,6 +185,15 @@ def vocabulary_gone(world: World) -> str:
     return index
 
 
+def other_transfer_run(world: World) -> str:
+    """A transfer run directory whose settings differ from the defaults."""
+    run = world.path("transfer_other")
+    os.makedirs(run, exist_ok=True)
+    with open(os.path.join(run, "settings.json"), "w", encoding="utf-8") as f:
+        json.dump({"n_source": 3}, f)
+    return run
+
+
 def truncated_checkpoint(world: World) -> str:
     """The toy run with the tensor data files of its latest checkpoint cut in half."""
     run = world.path("run_truncated")
@@ -424,6 +433,26 @@ CASES = [
          "malformed score file", lambda w: w.path("taskshop_out")),
     Case("taskshop select: no target", lambda w: ["taskshop", "select"],
          "give one of --target TASK", lambda w: w.root),
+    Case("taskshop transfer: unknown task",
+         lambda w: ["taskshop", "transfer", "--model_dir", w.model_dir, "--sources", "no_such_task",
+                    "--targets", f"{PREFIX}.mc_task", "--out", w.path("transfer_out"),
+                    "--tasks_module", "tasks.common"],
+         "unknown task 'no_such_task'", lambda w: w.path("transfer_out")),
+    Case("taskshop transfer: missing model dir",
+         lambda w: ["taskshop", "transfer", "--model_dir", w.path("no_model"), "--sources",
+                    f"{PREFIX}.gen_task", "--targets", f"{PREFIX}.mc_task", "--out",
+                    w.path("transfer_out"), "--tasks_module", "tasks.common"],
+         "model directory not found", lambda w: w.path("transfer_out")),
+    Case("taskshop transfer: bad setting",
+         lambda w: ["taskshop", "transfer", "--model_dir", w.model_dir, "--sources", f"{PREFIX}.gen_task",
+                    "--targets", f"{PREFIX}.mc_task", "--out", w.path("transfer_out"),
+                    "--tasks_module", "tasks.common", "--gin.transfer_runner.TransferConfig.seeds=()"],
+         "seeds must be a non-empty list", lambda w: w.path("transfer_out")),
+    Case("taskshop transfer: resumed with other settings",
+         lambda w: ["taskshop", "transfer", "--model_dir", w.model_dir, "--sources", f"{PREFIX}.gen_task",
+                    "--targets", f"{PREFIX}.mc_task", "--out", other_transfer_run(w),
+                    "--tasks_module", "tasks.common"],
+         "records n_source = 3, not 1000", lambda w: w.path("transfer_other")),
     Case("assets fetch: unknown asset", lambda w: ["assets", "fetch", "no_such_asset"],
          "no_such_asset", lambda w: w.root),
 ]

@@ -1,4 +1,4 @@
-"""`recross taskshop score | evaluate | select`: TaskShop (Kim et al., 2023) from the command line.
+"""`recross taskshop score | evaluate | select | transfer`: TaskShop (Kim et al., 2023) from the command line.
 
 - `score`: F(s→t) for TaskWeb's tasks from a few prompted examples of each (Retrieval-of-Experts
   with all-MiniLM-L6-v2, or an upstream model's own embeddings), written as a score file
@@ -11,10 +11,13 @@
   TaskShop's estimates.
 - `select`: the best source tasks for a target, a TaskWeb task or a new one given as a JSONL
   file of a few examples.
+- `transfer`: measure the pairwise transfer s → t by fine-tuning the upstream model
+  (`transfer_runner`; resumable), write it in TaskWeb's transfer format and compare it with
+  TaskWeb's by Spearman's ρ.
 
-Settings not given as flags come from gin (`taskshop_cli.settings`, see
-gin/runs/taskshop.gin). Bad input (an unknown task, too few examples, a malformed score file)
-ends with one line and exit code 2.
+Settings not given as flags come from gin (`taskshop_cli.settings`, see gin/runs/taskshop.gin;
+`transfer_runner.TransferConfig`, see gin/runs/transfer.gin). Bad input (an unknown task, too
+few examples, a malformed score file) ends with one line and exit code 2.
 """
 from __future__ import annotations
 
@@ -385,6 +388,32 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer(args: argparse.Namespace) -> int:
+    from recross_jax.selection import transfer_runner  # pylint: disable=import-outside-toplevel
+    if args.setup not in taskweb.setups():
+        raise UserError(f"unknown TaskWeb setup {args.setup!r} (known: {', '.join(taskweb.setups())})")
+    records = transfer_runner.run(_task_list(args.sources), _task_list(args.targets), args.model_dir,
+                                  args.out, transfer_runner.TransferConfig(),
+                                  progress=not args.no_progress, on_start=gin_utils.write_config)
+    published = taskweb.transfer(args.setup)
+    print("| target | source | PC | PM | T | TaskWeb T |")
+    print("|---|---|---:|---:|---:|---:|")
+    for record in records:
+        target, source = record["target"], record["source"]
+        theirs = published.get(target, {}).get(source)
+        print(f"| {target} | {source} | {record['pc_mean']:.4f} | {record['pm_mean']:.2f} | "
+              f"{taskweb.combine(record['pc_mean'], record['pm_mean']):.4f} | "
+              f"{'' if theirs is None else f'{theirs:.4f}'} |")
+    rho, n = transfer_runner.compare_with_taskweb(records, args.setup)
+    print(f"\nSpearman rho of T with TaskWeb's ({args.setup}): {rho:.4f} over {n} pairs; "
+          f"wrote {os.path.join(args.out, transfer_runner.SCORES_FILE)}")
+    return 0
+
+
+def _task_list(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recross taskshop", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -435,6 +464,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--examples_dir", default=None, help="TaskWeb tasks/ directory")
     sub.add_argument("--top", type=int, default=5, help="how many sources to list (5)")
     sub.add_argument("--format", choices=("markdown", "json"), default="markdown")
+
+    help_text = ("measure transfer s → t by fine-tuning (resumable), compare with TaskWeb's "
+                 "(gin/runs/transfer.gin)")
+    sub = commands.add_parser("transfer", help=help_text, description=help_text)
+    gin_utils.add_gin_flags(sub)
+    sub.add_argument("--model_dir", required=True, help="the upstream model directory")
+    sub.add_argument("--sources", required=True, help="comma-separated source tasks: TaskWeb "
+                     "names held by the ReCross release (cb, rte, ...) or registered tasks")
+    sub.add_argument("--targets", required=True, help="comma-separated target tasks (as --sources)")
+    sub.add_argument("--out", required=True, help="the run directory (an existing one resumes)")
+    sub.add_argument("--setup", default=taskweb.DEFAULT_SETUP,
+                     help="the TaskWeb setup compared with (default finetune/t5l)")
+    sub.add_argument("--tasks_module", action="append", default=None,
+                     help="module registering tasks (repeatable; default: the project's)")
+    sub.add_argument("--no_progress", action="store_true", help="no progress bar")
+    sub.set_defaults(handler=_transfer)
     return parser
 
 
@@ -445,6 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Their configurables (the TaskWeb directory, the vocabulary) exist before gin parses.
         import tasks.jsonl  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
         import tasks.vocab  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    if args.action == "transfer":
+        # TransferConfig is configurable once its module is imported; the tasks are registered.
+        from recross_jax import task_modules  # pylint: disable=import-outside-toplevel
+        from recross_jax.selection import transfer_runner  # noqa: F401  pylint: disable=W0611,C0415
+        task_modules.import_task_modules(args.tasks_module)
     gin_utils.parse_gin_flags(args)
     if args.action == "select":
         if args.estimator is None:

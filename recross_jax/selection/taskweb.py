@@ -38,6 +38,17 @@ CATEGORIES = {
     "Semantics": ("wic", "wsc"),
 }
 EVAL_TARGETS = tuple(task for tasks in CATEGORIES.values() for task in tasks)
+# The embedded ReCross release's registered task (`tasks/recross.py`) of each TaskWeb task it
+# holds too: where the transfer runner reads their examples.
+RECROSS_TASKS = {
+    "anli_r3": "recross.anli_r3", "boolq": "recross.super_glue_boolq", "cb": "recross.super_glue_cb",
+    "copa": "recross.super_glue_copa", "cosmosqa": "recross.cosmos_qa", "hellaswag": "recross.hellaswag",
+    "imdb": "recross.imdb", "mrpc": "recross.glue_mrpc", "piqa": "recross.piqa", "qqp": "recross.glue_qqp",
+    "quartz": "recross.quartz", "rotten_tomatoes": "recross.rotten_tomatoes", "rte": "recross.super_glue_rte",
+    "socialiqa": "recross.social_i_qa", "squad_v2": "recross.squad_v2",
+    "story_cloze": "recross.story_cloze_2016", "wic": "recross.super_glue_wic",
+    "winogrande": "recross.winogrande_winogrande_xl", "wsc": "recross.super_glue_wsc_fixed",
+}
 HELDOUT_TARGET = "piqa"
 DEFAULT_SETUP = "finetune/t5l"
 MEAN_SETUP = "mean"  # PC and PM averaged over the seven setups
