@@ -9,7 +9,7 @@ import tiny_models
 
 from recross_jax import cli
 from recross_jax.errors import UserError
-from recross_jax.selection import taskweb, transfer, transfer_runner
+from recross_jax.selection import taskshop_cli, taskweb, transfer, transfer_runner
 from tasks import common
 
 # Yes/no questions about numbers; the first 8 test examples (200..207) mix both answers.
@@ -93,6 +93,9 @@ def test_spearman_with_taskweb_over_the_measured_pairs():
     assert transfer_runner.compare_with_taskweb(records) == (pytest.approx(1.0), 4)
     rho, n = transfer_runner.compare_with_taskweb(records[:2])
     assert n == 2 and math.isnan(rho)
+    constant = [{**r, "pc_mean": 0.0} for r in records]
+    rho, n = transfer_runner.compare_with_taskweb(constant)
+    assert n == 4 and math.isnan(rho)
 
 
 def test_taskweb_names_resolve_to_release_tasks():
@@ -125,6 +128,8 @@ def test_a_run_writes_taskweb_records(finished):
     combined = transfer.load_transfer_scores(path, "combined")
     setup = transfer.load_transfer_scores(path, f"combined:{CONFIG.setup}")
     assert combined == setup == transfer_runner.transfer_table(records)
+    table = taskshop_cli.read_scores(os.path.join(out, transfer_runner.TABLE_FILE))
+    assert table == transfer_runner.transfer_table(records)
 
 
 def test_resume_after_an_interruption_is_identical_and_reruns_nothing_finished(

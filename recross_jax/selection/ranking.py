@@ -110,12 +110,15 @@ def _mean(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 def spearman(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]]
              ) -> tuple[float, int]:
-    """Spearman's ρ between two score tables over the (target, source) pairs both have."""
+    """Spearman's ρ between two score tables over the (target, source) pairs both have (NaN
+    under 3 pairs, or where either side is constant)."""
     from scipy import stats  # pylint: disable=import-outside-toplevel
     pairs = [(a[t][s], b[t][s]) for t in a if t in b for s in a[t] if s in b[t]]
     if len(pairs) < 3:
         return float("nan"), len(pairs)
     x, y = zip(*pairs)
+    if len(set(x)) < 2 or len(set(y)) < 2:  # undefined; scipy would warn on stderr
+        return float("nan"), len(pairs)
     return float(stats.spearmanr(x, y)[0]), len(pairs)
 
 

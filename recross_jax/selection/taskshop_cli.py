@@ -405,8 +405,8 @@ def _transfer(args: argparse.Namespace) -> int:
               f"{taskweb.combine(record['pc_mean'], record['pm_mean']):.4f} | "
               f"{'' if theirs is None else f'{theirs:.4f}'} |")
     rho, n = transfer_runner.compare_with_taskweb(records, args.setup)
-    print(f"\nSpearman rho of T with TaskWeb's ({args.setup}): {rho:.4f} over {n} pairs; "
-          f"wrote {os.path.join(args.out, transfer_runner.SCORES_FILE)}")
+    print(f"\nSpearman rho of T with TaskWeb's ({args.setup}): {rho:.4f} over {n} pairs; wrote "
+          f"{transfer_runner.SCORES_FILE} and {transfer_runner.TABLE_FILE} to {args.out}")
     return 0
 
 

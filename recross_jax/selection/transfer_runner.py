@@ -16,6 +16,8 @@ stopped and re-runs nothing finished:
     <out_dir>/cells/<t>/<s>/seed_<k>.json      p(s→t) with its p(t)
     <out_dir>/transfer_scores.json             TaskWeb's record format, for every pair whose
                                                seeds are all done (`transfer.load_transfer_scores`)
+    <out_dir>/transfer_table.json              their T(s→t) as a TaskShop score file
+                                               (`recross taskshop select | evaluate --scores`)
 
 Tasks are named as the caller likes (TaskWeb's names, so the records compare with TaskWeb's)
 and mapped to registered SeqIO tasks by `resolve_task`. Every random choice (the example
@@ -40,6 +42,7 @@ from recross_jax.selection.transfer import combine
 
 SETTINGS_FILE = "settings.json"
 SCORES_FILE = "transfer_scores.json"
+TABLE_FILE = "transfer_table.json"
 # p(t) below this is taken as this in PC's denominator (a target the model never gets right
 # would otherwise make PC infinite).
 MIN_BASELINE = 1e-3
@@ -347,4 +350,6 @@ def run(sources: Sequence[str], targets: Sequence[str], model_dir: str, out_dir:
                     bar.update()
     records = aggregate(cells, cfg.seeds, cfg.setup)
     write_json_atomic(os.path.join(out_dir, SCORES_FILE), records)
+    write_json_atomic(os.path.join(out_dir, TABLE_FILE), {"estimator": "transfer", "setup": cfg.setup,
+                                                          "scores": transfer_table(records)})
     return records
