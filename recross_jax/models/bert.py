@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recross_jax.errors import UserError
+from recross_jax.models import adapters
 from recross_jax.models.matmul import matmul, rounded
 
 Array = jax.Array
@@ -375,18 +376,22 @@ class Mlp(nn.Module):
 
 class Layer(nn.Module):
     """One post-LN encoder layer over [batch * length, hidden]: x = LN(x + Attn(x));
-    x = LN(x + Mlp(x))."""
+    x = LN(x + Mlp(x)), with an adapter on each sublayer's output when `adapter_reduction` is
+    set (`recross_jax.models.adapters`)."""
 
     config: BertConfig
+    adapter_reduction: int | None = None
 
     @nn.compact
     def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
         cfg = self.config
         dropout = nn.Dropout(cfg.hidden_dropout_prob)
         y = SelfAttention(cfg, name="attention")(x, bias, deterministic=deterministic)
+        y = adapters.adapt(y, self.adapter_reduction, cfg.activation_dtype, "attention_adapter")
         x = LayerNorm(cfg.layer_norm_eps, cfg.activation_dtype, name="attention_layer_norm")(
             x + dropout(y, deterministic=deterministic))
         y = Mlp(cfg, name="mlp")(_constrain_tokens(x))
+        y = adapters.adapt(y, self.adapter_reduction, cfg.activation_dtype, "mlp_adapter")
         x = LayerNorm(cfg.layer_norm_eps, cfg.activation_dtype, name="mlp_layer_norm")(
             x + dropout(y, deterministic=deterministic))
         return _constrain_tokens(x)
@@ -398,10 +403,12 @@ class BertModel(nn.Module):
     Attributes:
       config: the hyperparameters.
       with_pooler: also compute tanh(Dense(h[CLS])), the input of BERT's classification heads.
+      adapter_reduction: adapters in every layer (see `Layer`); None: none.
     """
 
     config: BertConfig
     with_pooler: bool = False
+    adapter_reduction: int | None = None
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None,
@@ -449,7 +456,8 @@ class BertModel(nn.Module):
         # layer on 16 x 256 tokens: 96 vs 103 ms).
         tokens = x.reshape(-1, cfg.hidden_size)
         for i in range(cfg.num_hidden_layers):
-            tokens = Layer(cfg, name=f"layers_{i}")(tokens, bias, deterministic=deterministic)
+            tokens = Layer(cfg, self.adapter_reduction, name=f"layers_{i}")(
+                tokens, bias, deterministic=deterministic)
         x = _constrain(tokens.reshape(x.shape))
         pooled = None
         if self.with_pooler:

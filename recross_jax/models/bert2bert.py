@@ -21,6 +21,8 @@ collection. Parameter names (logical axes as in `recross_jax.models.bert`):
     decoder/lm_head/transform/{kernel,bias}             [None, embed], [embed]
     decoder/lm_head/transform_layer_norm/{scale,bias}   [embed]
     decoder/lm_head/bias                                [vocab] (the weights are the embeddings)
+    {encoder,decoder}/layers_i/{attention,mlp}_adapter/{down,up}/{kernel,bias}
+                                                        (only with `adapter_reduction` set)
 
 `warm_start_from_bert` builds the parameters from a BERT safetensors file; `from_hf_encoder_decoder`
 converts an `EncoderDecoderModel` state dict (the parity tests' reference).
@@ -39,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recross_jax.errors import UserError
-from recross_jax.models import bert
+from recross_jax.models import adapters, bert
 from recross_jax.models.matmul import matmul
 
 Array = jax.Array
@@ -69,6 +71,8 @@ class Bert2BertConfig:
       decoder_start_token_id: the id embedded where the decoder input holds 0 ([CLS]).
       dtype: activation dtype, 'float32' or 'bfloat16'; parameters are always float32.
       family: 'bert2bert', so a stored `model_config.json` says which network it describes.
+      adapter_reduction: with r set, ELM's bottleneck adapter (width hidden_size / r) after
+        every self-attention and MLP sublayer of both stacks (`recross_jax.models.adapters`).
     """
 
     vocab_size: int = 30522
@@ -86,6 +90,7 @@ class Bert2BertConfig:
     decoder_start_token_id: int = 101
     dtype: str = "float32"
     family: str = FAMILY
+    adapter_reduction: int | None = None
 
     @property
     def width(self) -> int:
@@ -105,6 +110,7 @@ class Bert2BertConfig:
             # 0 is padding, which the decoder input uses to mean "start".
             raise UserError("Bert2BertConfig.decoder_start_token_id must be an id in "
                             f"[1, vocab_size), got {start!r}")
+        adapters.check_reduction(self.adapter_reduction, self.hidden_size, "Bert2BertConfig")
 
     def _bert_config(self, num_layers: int) -> bert.BertConfig:
         return bert.BertConfig(
@@ -144,8 +150,8 @@ class Bert2BertConfig:
         return cls(**{**values, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict, `family` included."""
-        return dataclasses.asdict(self)
+        """A JSON-serialisable dict, `family` included (the adapter field only when set)."""
+        return adapters.omit_when_off(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Bert2BertConfig:
@@ -250,9 +256,11 @@ def _constrain(x: Array) -> Array:
 
 class DecoderLayer(nn.Module):
     """HF's BertLayer with cross-attention, post-LN: x = LN(x + SelfAttn(x));
-    x = LN(x + CrossAttn(x, encoded)); x = LN(x + Mlp(x))."""
+    x = LN(x + CrossAttn(x, encoded)); x = LN(x + Mlp(x)), with an adapter on the self-attention
+    and MLP outputs when `adapter_reduction` is set."""
 
     config: bert.BertConfig
+    adapter_reduction: int | None = None
 
     @nn.compact
     def __call__(self, x: Array, encoded: Array, self_bias: Array | None, cross_bias: Array, *,
@@ -265,6 +273,7 @@ class DecoderLayer(nn.Module):
 
         y = Attention(cfg, name="attention")(x, x, self_bias, deterministic=deterministic,
                                              decode=decode)
+        y = adapters.adapt(y, self.adapter_reduction, cfg.activation_dtype, "attention_adapter")
         x = _constrain(norm("attention_layer_norm", x + dropout(y, deterministic=deterministic)))
         y = Attention(cfg, name="cross_attention")(x, encoded, cross_bias,
                                                    deterministic=deterministic)
@@ -272,6 +281,7 @@ class DecoderLayer(nn.Module):
                             x + dropout(y, deterministic=deterministic)))
         # bert.Mlp works on flattened [batch * length, hidden] tokens.
         y = bert.Mlp(cfg, name="mlp")(x.reshape(-1, cfg.hidden_size)).reshape(x.shape)
+        y = adapters.adapt(y, self.adapter_reduction, cfg.activation_dtype, "mlp_adapter")
         return _constrain(norm("mlp_layer_norm", x + dropout(y, deterministic=deterministic)))
 
 
@@ -313,7 +323,7 @@ class Decoder(nn.Module):
         embeddings = bert.Embeddings(bert_cfg, name="embeddings")
         x = embeddings(ids, positions, jnp.zeros_like(ids), deterministic=deterministic)
         for i in range(cfg.num_decoder_layers):
-            x = DecoderLayer(bert_cfg, name=f"layers_{i}")(
+            x = DecoderLayer(bert_cfg, cfg.adapter_reduction, name=f"layers_{i}")(
                 x, encoded, self_bias, cross_bias, deterministic=deterministic, decode=decode)
         table = nn.unbox(embeddings.variables["params"]["word_embeddings"]["embedding"])
         return LmHead(bert_cfg, name="lm_head")(x, table)
@@ -337,7 +347,8 @@ class Transformer(nn.Module):
     config: Bert2BertConfig
 
     def setup(self) -> None:
-        self.encoder = bert.BertModel(self.config.encoder_config)
+        self.encoder = bert.BertModel(self.config.encoder_config,
+                                      adapter_reduction=self.config.adapter_reduction)
         self.decoder = Decoder(self.config)
 
     def encode(self, encoder_input_tokens: Array, encoder_segment_ids: Array | None = None,

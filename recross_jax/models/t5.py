@@ -15,6 +15,8 @@ partitioning rules of `recross_jax.partitioning` apply unchanged:
     decoder/...: self_attention, encoder_decoder_attention, pre_self_attention_layer_norm,
     pre_cross_attention_layer_norm, pre_mlp_layer_norm, mlp, relpos_bias, decoder_norm,
     logits_dense/kernel [embed, vocab] (absent when `logits_via_embedding`).
+    {encoder,decoder}/layers_i/{attention,self_attention,mlp}_adapter/{down,up}/{kernel,bias}
+                                                      (only with `adapter_reduction` set)
 
 `Transformer.init` returns parameters boxed in `nn.LogicallyPartitioned`, which carry the logical
 axis names. Strip the boxes with `flax.linen.unbox(variables)` (equivalently
@@ -36,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recross_jax.errors import UserError
+from recross_jax.models import adapters
 from recross_jax.models.matmul import matmul
 
 Array = jax.Array
@@ -75,6 +78,8 @@ class T5Config:
       relative_attention_max_distance: distance beyond which all offsets share a bucket.
       family: 't5', so a stored `model_config.json` says which network it describes (files
         written before the field existed have none and are T5).
+      adapter_reduction: with r set, ELM's bottleneck adapter (width emb_dim / r) after every
+        self-attention and MLP sublayer (`recross_jax.models.adapters`); None: none.
     """
 
     vocab_size: int
@@ -92,6 +97,7 @@ class T5Config:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     family: str = "t5"
+    adapter_reduction: int | None = None
 
     @property
     def width(self) -> int:
@@ -123,6 +129,7 @@ class T5Config:
             # The bidirectional encoder splits the buckets between both directions.
             raise UserError("T5Config.relative_attention_num_buckets must be even, got "
                             f"{self.relative_attention_num_buckets}")
+        adapters.check_reduction(self.adapter_reduction, self.emb_dim, "T5Config")
 
     @property
     def activation_dtype(self) -> jnp.dtype:
@@ -133,7 +140,7 @@ class T5Config:
         """A JSON-serialisable dict (tuples become lists)."""
         out = dataclasses.asdict(self)
         out["mlp_activations"] = list(self.mlp_activations)
-        return out
+        return adapters.omit_when_off(out)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> T5Config:
@@ -435,6 +442,10 @@ def _constrain(x: Array) -> Array:
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
+def _adapt(config: T5Config, y: Array, name: str) -> Array:
+    return adapters.adapt(y, config.adapter_reduction, config.activation_dtype, f"{name}_adapter")
+
+
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention and MLP sublayers with residuals."""
 
@@ -446,9 +457,10 @@ class EncoderLayer(nn.Module):
         cfg = self.config
         y = RMSNorm(cfg.activation_dtype, name="pre_attention_layer_norm")(x)
         y = _attention(cfg, "attention")(y, y, mask, bias, deterministic=deterministic)
+        y = _adapt(cfg, y, "attention")
         x = _constrain(x + _residual_dropout(cfg, y, deterministic))
         y = RMSNorm(cfg.activation_dtype, name="pre_mlp_layer_norm")(x)
-        y = _mlp(cfg)(y, deterministic=deterministic)
+        y = _adapt(cfg, _mlp(cfg)(y, deterministic=deterministic), "mlp")
         return _constrain(x + _residual_dropout(cfg, y, deterministic))
 
 
@@ -465,13 +477,14 @@ class DecoderLayer(nn.Module):
         y = RMSNorm(cfg.activation_dtype, name="pre_self_attention_layer_norm")(x)
         y = _attention(cfg, "self_attention")(y, y, decoder_mask, bias,
                                               deterministic=deterministic, decode=decode)
+        y = _adapt(cfg, y, "self_attention")
         x = _constrain(x + _residual_dropout(cfg, y, deterministic))
         y = RMSNorm(cfg.activation_dtype, name="pre_cross_attention_layer_norm")(x)
         y = _attention(cfg, "encoder_decoder_attention")(y, encoded, encoder_decoder_mask,
                                                          deterministic=deterministic)
         x = _constrain(x + _residual_dropout(cfg, y, deterministic))
         y = RMSNorm(cfg.activation_dtype, name="pre_mlp_layer_norm")(x)
-        y = _mlp(cfg)(y, deterministic=deterministic)
+        y = _adapt(cfg, _mlp(cfg)(y, deterministic=deterministic), "mlp")
         return _constrain(x + _residual_dropout(cfg, y, deterministic))
 
 
