@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,11 @@ TokenPair = tuple[Sequence[int], Sequence[int]]
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    """SPEC §1.5's re-learning defaults: AdamW, a very small constant rate, batch 4, clip 0.1."""
+    """SPEC §1.5's re-learning defaults: AdamW, a very small constant rate, batch 4, clip 0.1.
+
+    `trainable`: None trains every parameter; a hashable predicate of parameter key paths
+    (e.g. `models.adapters.ExpertParams()`) trains those only, the rest frozen.
+    """
 
     learning_rate: float = 3e-6
     optimizer: str = "adamw"
@@ -34,6 +38,7 @@ class FinetuneConfig:
     clip_grad_norm: float | None = 0.1
     weight_decay: float = 0.0
     seed: int = 0
+    trainable: Callable[[tuple[str, ...]], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.epochs < 1:
@@ -46,7 +51,7 @@ class FinetuneConfig:
         schedule = training.make_schedule(self.schedule, self.learning_rate, self.warmup_steps,
                                           total_steps=max(total_steps, self.warmup_steps + 1))
         return training.make_optimizer(self.optimizer, schedule, clip_grad_norm=self.clip_grad_norm,
-                                       weight_decay=self.weight_decay)
+                                       weight_decay=self.weight_decay, trainable=self.trainable)
 
 
 def tokenize_rows(rows: Sequence[dict], vocabulary: Any, max_input_length: int = 256,

@@ -267,6 +267,18 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
+def freeze(optimizer: optax.GradientTransformation,
+           trainable: Callable[[tuple[str, ...]], bool]) -> optax.GradientTransformation:
+    """`optimizer` on the parameters whose key path (a tuple of names) `trainable` accepts;
+    the others get zero updates and no optimizer state, so they stay bit-for-bit unchanged."""
+    def labels(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "train" if trainable(tuple(
+                k.key for k in path if isinstance(k, jax.tree_util.DictKey))) else "frozen",
+            params)
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
 @functools.lru_cache(maxsize=64)
 def make_optimizer(name: str = "adafactor",
                    learning_rate: float | optax.Schedule = 1e-3,
@@ -274,7 +286,9 @@ def make_optimizer(name: str = "adafactor",
                    weight_decay: float = 0.0,
                    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                    decay_rate: float = 0.8, clipping_threshold: float | None = 1.0,
-                   multiply_by_parameter_scale: bool = True) -> optax.GradientTransformation:
+                   multiply_by_parameter_scale: bool = True,
+                   trainable: Callable[[tuple[str, ...]], bool] | None = None
+                   ) -> optax.GradientTransformation:
     """Adafactor (T5X's defaults) or AdamW, after optional global-norm gradient clipping.
 
     The learning rate is injected as a hyperparameter, so the current value lives in the
@@ -292,6 +306,8 @@ def make_optimizer(name: str = "adafactor",
       b1, b2, eps: AdamW moments and epsilon.
       decay_rate, clipping_threshold, multiply_by_parameter_scale: Adafactor's second-moment
         decay exponent, update clipping and relative step size (T5X: 0.8, 1.0, True).
+      trainable: None to train every parameter, or a hashable predicate of key paths: only
+        those parameters are clipped and updated, the others stay frozen (see `freeze`).
     """
     if name not in ("adafactor", "adamw"):
         raise UserError(f"unknown optimizer {name!r}; use adafactor or adamw")
@@ -307,9 +323,9 @@ def make_optimizer(name: str = "adafactor",
                 learning_rate, decay_rate=decay_rate, clipping_threshold=clipping_threshold,
                 multiply_by_parameter_scale=multiply_by_parameter_scale,
                 weight_decay_rate=weight_decay or None, weight_decay_mask=decay_mask)
-        if clip_grad_norm is None:
-            return base
-        return optax.chain(optax.clip_by_global_norm(clip_grad_norm), base)
+        if clip_grad_norm is not None:
+            base = optax.chain(optax.clip_by_global_norm(clip_grad_norm), base)
+        return base if trainable is None else freeze(base, trainable)
 
     return optax.inject_hyperparams(build)(learning_rate=learning_rate)
 
