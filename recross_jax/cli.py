@@ -36,6 +36,8 @@ PASSTHROUGH = {
                  "the cross-encoder reranker (one action: train, on mined tuples)"),
     "taskshop": ("recross_jax.selection.taskshop_cli",
                  "TaskWeb/TaskShop source-task selection (score | evaluate | select | transfer)"),
+    "experts": ("recross_jax.experts.cli",
+                "ELM adapter experts (train | library | retrieve | merge | eval)"),
 }
 RERANKER_USAGE = "usage: recross reranker train --tuples FILE --out DIR [gin flags]"
 

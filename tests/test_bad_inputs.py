@@ -21,6 +21,8 @@ import pytest
 import tiny_models
 
 from recross_jax import cli
+from recross_jax.experts import checkpoint, expert
+from recross_jax.models import adapters
 from recross_jax.retrieval import embed
 from tasks import bigbench
 
@@ -235,6 +237,23 @@ def bad_tuples(world: World) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write('{"queries": ["q"], "positives": ["p"]\n')
     return path
+
+
+def foreign_expert(world: World) -> str:
+    """An expert of another backbone: the tiny model's shape, other parameters."""
+    path = world.path("foreign_expert")
+    if not os.path.exists(path):
+        config = tiny_models.tiny_config()
+        backbone = expert.Backbone.of(config, tiny_models.init_params(config, seed=1))
+        owned = adapters.ExpertParams()
+        params = adapters.split(expert.start_expert(backbone, 4)[1], owned)[0]
+        checkpoint.save_expert(path, "foreign", backbone, 4, params, owned)
+    return path
+
+
+def _experts(action: str, *flags: str):
+    return lambda w: ["experts", action, *[f.format(w=w) for f in flags], "--tasks_module",
+                      "tasks.common"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,6 +474,24 @@ CASES = [
          "records n_source = 3, not 1000", lambda w: w.path("transfer_other")),
     Case("assets fetch: unknown asset", lambda w: ["assets", "fetch", "no_such_asset"],
          "no_such_asset", lambda w: w.root),
+    # experts
+    Case("experts eval: unknown expert",
+         _experts("eval", "--backbone", "{w.model_dir}", "--expert", "{w.root}/no_expert",
+                  "--task", f"{PREFIX}.mc_task"),
+         "no expert at", lambda w: w.root),
+    Case("experts eval: expert of another backbone",
+         lambda w: _experts("eval", "--backbone", w.model_dir, "--expert", foreign_expert(w),
+                            "--task", f"{PREFIX}.mc_task")(w),
+         "was trained on another backbone", lambda w: w.root),
+    Case("experts retrieve: empty library",
+         _experts("retrieve", "--library", "{w.root}/no_library", "--task", f"{PREFIX}.mc_task"),
+         "no expert library at", lambda w: w.root),
+    Case("experts library: no experts", _experts("library", "--out", "{w.root}/library_out"),
+         "the library would be empty", lambda w: w.path("library_out")),
+    Case("experts merge: unknown expert",
+         _experts("merge", "--backbone", "{w.model_dir}", "--experts", "{w.root}/no_expert",
+                  "--out", "{w.root}/merged_out"),
+         "no expert at", lambda w: w.path("merged_out")),
 ]
 
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+import tiny_bert
+import tiny_models
 from flax import traverse_util
 
-from recross_jax import finetune, models
+from recross_jax import cli, finetune, models
 from recross_jax.errors import UserError
 from recross_jax.experts import checkpoint, expert, library, merging
 from recross_jax.models import Bert2BertConfig, T5Config, adapters
+from tasks import vocab
 
 TINY_T5 = T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=1,
                    num_decoder_layers=1, head_dim=8, mlp_dim=32)
@@ -321,3 +325,85 @@ def test_tune_lambda_picks_the_best_held_out_score():
     assert list(scores) == list(merging.LAMBDA_GRID)
     # Equal scores: the first λ of the grid.
     assert merging.tune_lambda(pre, tuned, lambda p: 0.0, grid=(0.5, 0.2))[0] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# The `recross experts` command.
+
+TASKS_MODULE = '''
+from tasks import common
+
+
+def register(name, word):
+    def examples(split):
+        for i in range(8):
+            yield common.make_example(
+                inputs=f"the {word} cat of the {common.example_id(name, split, 'p', i)} house",
+                targets="yes" if i % 2 else "no", answer_choices=["yes", "no"], task=name,
+                template="plain", example_id=common.example_id(name, split, "plain", i))
+    common.register_task(name, examples)
+
+
+register("toy_red", "red")
+register("toy_blue", "blue")
+'''
+
+
+@pytest.fixture()
+def cli_world(tmp_path, monkeypatch):
+    (tmp_path / "toy_expert_tasks.py").write_text(TASKS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("RECROSS_VOCAB", tiny_models.SEQIO_TEST_VOCAB)
+    monkeypatch.delitem(vocab.VOCABULARY.__dict__, "resolved", raising=False)
+    tiny_models.save_tiny_model(str(tmp_path / "backbone"), step=0)
+    tiny_models.save_tiny_model(str(tmp_path / "other"), step=0, seed=1)
+    bert_dir = tiny_bert.make_bert_dir(str(tmp_path / "minilm"), with_pooler=False)
+    yield tmp_path, bert_dir
+    vocab.VOCABULARY.__dict__.pop("resolved", None)
+
+
+def test_experts_command_trains_indexes_retrieves_merges_and_evaluates(cli_world, capsys):
+    tmp_path, bert_dir = cli_world
+    flags = ["--tasks_module", "toy_expert_tasks", "--gin.experts.settings.reduction=4",
+             "--gin.experts.settings.epochs=1", "--gin.experts.settings.batch_size=4",
+             f"--gin.experts.settings.embedder_dir='{bert_dir}'"]
+    backbone = str(tmp_path / "backbone")
+
+    def run(*argv: str) -> dict:
+        capsys.readouterr()
+        assert cli.main(["experts", *argv, *flags]) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    for color in ("red", "blue"):
+        made = run("train", "--backbone", backbone, "--task", f"toy_{color}",
+                   "--out", str(tmp_path / color))
+        assert made["expert"] == f"toy_{color}:train" and made["steps"] == 2
+    assert run("train", "--backbone", backbone, "--task", "toy_red",
+               "--out", str(tmp_path / "red"))["resumed"]
+    built = run("library", "--experts", str(tmp_path / "red"), str(tmp_path / "blue"),
+                "--out", str(tmp_path / "library"))
+    assert built["experts"] == ["toy_red:train", "toy_blue:train"] and built["keys"] == 16
+    found = run("retrieve", "--library", str(tmp_path / "library"), "--task", "toy_blue",
+                "--split", "train")
+    assert found["expert"] == "toy_blue:train"
+    assert found["votes"] == {"toy_red:train": 0, "toy_blue:train": 8}
+    merged = run("merge", "--backbone", backbone, "--experts", str(tmp_path / "red"),
+                 str(tmp_path / "blue"), "--out", str(tmp_path / "merged"))
+    assert merged["merged"] == ["toy_red:train", "toy_blue:train"]
+    scored = run("eval", "--backbone", backbone, "--expert", str(tmp_path / "merged"),
+                 "--task", "toy_red")
+    assert scored["num_examples"] == 8 and 0.0 <= scored["accuracy"] <= 1.0
+
+    # Bad input: one line, exit 2.
+    for argv, message in (
+            (["eval", "--backbone", backbone, "--expert", str(tmp_path / "nope"), "--task",
+              "toy_red"], "no expert at"),
+            (["eval", "--backbone", str(tmp_path / "other"), "--expert", str(tmp_path / "red"),
+              "--task", "toy_red"], "trained on another backbone"),
+            (["library", "--out", str(tmp_path / "empty")], "the library would be empty"),
+            (["retrieve", "--library", str(tmp_path / "empty"), "--task", "toy_red"],
+             "no expert library")):
+        capsys.readouterr()
+        assert cli.main(["experts", *argv, *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
