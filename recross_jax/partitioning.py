@@ -116,8 +116,12 @@ def logical_to_mesh_sharding(logical_specs: Any, mesh: Mesh,
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
-def _leaf_logical_spec(leaf: Any) -> PartitionSpec:
+def _leaf_logical_spec(leaf: Any) -> Any:
     if isinstance(leaf, meta.Partitioned):
+        if not jax.tree_util.tree_leaves(leaf.value):
+            # An empty subtree (optax's MaskedNode: the state of a frozen parameter) stays
+            # empty, so the shardings have the unboxed state's structure.
+            return leaf.value
         value_ndim = getattr(leaf.value, "ndim", None)
         # Optimizer states derived from boxed params (e.g. Adafactor's factored moments) keep
         # the box but not the rank: replicate those rather than mislabel their axes.

@@ -825,9 +825,9 @@ def _restore_params(init_checkpoint: str, boxed: Any, shardings: Any) -> Any:
 
 
 def _first_difference(a: ModelConfig, b: ModelConfig) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    key = next(k for k in sorted(da) if da[k] != db[k])
-    return f"{key}={da[key]!r} vs {db[key]!r}"
+    da, db = a.to_dict(), b.to_dict()  # optional fields (adapters) may be absent from one
+    key = next(k for k in sorted(set(da) | set(db)) if da.get(k) != db.get(k))
+    return f"{key}={da.get(key)!r} vs {db.get(key)!r}"
 
 
 def _restore_state(manager: checkpoints.CheckpointManager, step: int, abstract: TrainState

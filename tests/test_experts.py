@@ -14,7 +14,7 @@ import tiny_bert
 import tiny_models
 from flax import traverse_util
 
-from recross_jax import cli, finetune, models
+from recross_jax import cli, finetune, models, partitioning, training
 from recross_jax.errors import UserError
 from recross_jax.experts import checkpoint, expert, library, merging
 from recross_jax.models import Bert2BertConfig, T5Config, adapters
@@ -115,6 +115,18 @@ def test_training_moves_only_the_experts_own_parameters(config, layer_norms):
             assert value.tobytes() == before[path].tobytes(), path
     assert any(adapters.is_layer_norm(tuple(p.split("/"))) for p in after
                if owned(tuple(p.split("/")))) == layer_norms
+
+
+def test_a_frozen_optimizers_state_shardings_match_its_state():
+    """So `recross train` can resume it: frozen parameters have empty (masked) states."""
+    config = adapters.with_adapters(TINY_T5, REDUCTION)
+    optimizer = training.make_optimizer("adafactor", 1e-3, trainable=adapters.ExpertParams())
+    state = training.TrainState.create(nn.unbox(models.init_params(config, jax.random.PRNGKey(0))),
+                                       optimizer)
+    shardings = training.state_shardings(training.abstract_params(config), optimizer,
+                                         partitioning.create_mesh(devices=jax.devices()[:1]))
+    assert (jax.tree.structure(jax.tree.map(lambda _: 0, shardings))
+            == jax.tree.structure(jax.tree.map(lambda _: 0, state)))
 
 
 def test_train_expert_returns_only_what_the_expert_owns():
