@@ -16,7 +16,7 @@ from recross_jax import finetune, rerank
 from recross_jax.errors import UserError
 from recross_jax.rerank import mining
 from recross_jax.retrieval import indexing
-from tasks import bigbench
+from tasks import bigbench, vocab
 
 PREFIX = "bbmine"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,11 +24,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # groups here take two steps.
 FAST = finetune.FinetuneConfig(learning_rate=1e-2, optimizer="adamw", schedule="constant",
                                batch_size=2, epochs=1, clip_grad_norm=1.0)
-# |Zq| = 3, |Hq| = 5, |RZ| = 12 in 4 groups of 3 (two steps: a full and a half batch), 2 rounds.
+# |Zq| = 3, |Hq| = 3 (the fixture tasks' validation splits are small), |RZ| = 12 in 4 groups of 3
+# (two steps: a full and a half batch), 2 rounds.
 # Inputs cut to 16 tokens and targets to 8 keep every batch in one shape (one compilation).
-SETTINGS = dict(num_tuples=2, num_queries=3, num_heldout=5, num_candidates=12, num_rounds=2,
+SETTINGS = dict(num_tuples=2, num_queries=3, num_heldout=3, num_candidates=12, num_rounds=2,
                 num_groups=4, finetune_config=FAST, max_input_length=16, max_target_length=8,
-                eval_batch_size=4, progress=False)
+                eval_batch_size=4, progress=False, aggregation="dedup")
+# dedup above: the tiny model's queries retrieve nearly the same examples, so concat's RZ would
+# hold too few distinct ones; test_concat_keeps_repeats covers the default.
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +75,12 @@ def test_tuples_follow_algorithm_1(setup, mined):
     w = SETTINGS["num_queries"]
     for record in mined[0]:
         task, scores = record["task"], record["candidate_scores"]
-        # Zq and Hq are disjoint draws from Tq; no candidate comes from Tq.
-        assert {rows[i]["task"] for i in record["query_ids"] + record["heldout_ids"]} == {task}
-        assert len(record["heldout_ids"]) == SETTINGS["num_heldout"]
-        assert not set(record["query_ids"]) & set(record["heldout_ids"])
+        # Zq comes from Tq's pool, Hq from its validation split (held out from M's training);
+        # no candidate comes from Tq.
+        assert {rows[i]["task"] for i in record["query_ids"]} == {task}
+        validation = {e["example_id"] for e in vocab.task_examples(task, "validation")}
+        assert len(set(record["heldout_ids"])) == SETTINGS["num_heldout"]
+        assert set(record["heldout_ids"]) <= validation and not validation & set(rows)
         assert len(scores) == SETTINGS["num_candidates"]  # dedup: distinct candidates
         assert all(rows[i]["task"] != task for i in scores)
         # W positives (lowest held-out loss first) and W negatives (highest first), disjoint.
@@ -91,6 +96,27 @@ def test_tuples_follow_algorithm_1(setup, mined):
         # the groups of one round tie, so there are more than one.
         assert 1 < len(set(scores.values())) <= 16
         assert max(scores[i] for i in pos) < min(scores[i] for i in neg)
+
+
+def test_heldout_rows_drop_raw_examples_of_the_train_split(monkeypatch):
+    """Hq never holds a prompted variant of an example M was trained on."""
+    split = {"train": [{"example_id": "d|train|t1|#1"}, {"example_id": "d|train|t2|#2"}],
+             "validation": [{"example_id": "d|train|t3|#1"}, {"example_id": "d|train|t1|#3"}]}
+    monkeypatch.setattr(vocab, "task_examples", lambda task, name: split[name])
+    assert mining.heldout_rows("d") == [{"example_id": "d|train|t1|#3"}]
+
+
+def test_concat_keeps_repeats(setup, tmp_path):
+    """The default RZ is the concatenated top lists, repeats included (SPEC §1.4)."""
+    _, model_dir, index_dir, _, _ = setup
+    settings = {**SETTINGS, "num_tuples": 1, "num_queries": 2}
+    del settings["aggregation"]
+    record, = mining.mine(model_dir, index_dir, str(tmp_path / "concat.jsonl"), **settings)
+    retrieved = indexing.Retriever(index_dir, kind="model", model_dir=model_dir).retrieve(
+        record["queries"], SETTINGS["num_candidates"], "concat", [record["task"]])
+    ids = [row["example_id"] for row in retrieved]
+    assert len(ids) == SETTINGS["num_candidates"] > len(set(ids))  # repeats in RZ
+    assert set(record["candidate_scores"]) == set(ids)
 
 
 def test_group_scores_equal_separate_finetunes(setup):
@@ -178,7 +204,7 @@ def test_bad_input_is_a_user_error_and_writes_nothing(setup, tmp_path):
     cases = [
         (dict(model_dir=str(root / "no_model")), "no_model"),
         (dict(index_dir=str(root / "no_index")), "index directory not found"),
-        (dict(num_heldout=500), "no upstream task in the index has the 503 pool rows"),
+        (dict(num_heldout=500), "no upstream task in the index has the 500 held-out rows"),
         (dict(num_candidates=5), r"num_candidates=5 must be at least 2 \* num_queries"),
         (dict(num_rounds=0), "positive"),
     ]

@@ -3,13 +3,16 @@
 For tuple i (its randomness drawn from a seed derived from (seed, i), so a resumed run writes
 exactly the tuples an uninterrupted one would):
 
-1. draw an upstream task Tq among those with at least |Zq| + |Hq| pool rows, then a query set Zq
-   and a disjoint held-out set Hq from Tq's pool rows;
+1. draw an upstream task Tq among those with at least |Zq| pool rows and |Hq| held-out rows,
+   then a query set Zq from Tq's pool rows and a held-out set Hq from its `validation` split,
+   less every example that shares a raw example with Tq's `train` split (on which M was
+   trained: the ReCross release's upstream and validation files share raw examples), as the
+   authors take Hq from the upstream task's held-out data;
 2. retrieve the candidates RZ for Zq from the model index, discarding every candidate of Tq
    (and of its subtasks); RZ is the top `num_candidates` of the aggregation `aggregation`. The
-   default is `dedup`, the concat order without repeats, so RZ holds 100 distinct examples;
-   with `concat` a repeated example is fine-tuned on once per occurrence and its score is the
-   mean over its occurrences;
+   default is `concat` (SPEC §1.4 and the authors' code): the concatenated top lists keep
+   repeats, a repeated example is fine-tuned on once per occurrence and its score is the mean
+   over its occurrences; `dedup` keeps distinct examples only;
 3. for each round: shuffle RZ and split it into `num_groups` groups (sizes differ by at most one
    when they do not divide evenly); fine-tune a copy of M on each group and give every example
    of the group that copy's mean per-example loss on Hq;
@@ -46,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from recross_jax import checkpoints, finetune, gin_utils, io_utils, models, partitioning, training
+from recross_jax import checkpoints, corpus, finetune, gin_utils, io_utils, models, partitioning, training
 from recross_jax.errors import UserError
 from recross_jax.models import ModelConfig
 from recross_jax.retrieval import indexing
@@ -294,6 +297,7 @@ class _Miner:
         self.rows_of_task: dict[str, list[dict]] = collections.defaultdict(list)
         for row in self.retriever.rows:
             self.rows_of_task[row["task"]].append(row)
+        self.heldout_of_task = {task: heldout_rows(task) for task in sorted(self.rows_of_task)}
         self.tasks = self._eligible_tasks()
         self.reranker = None
         if reranker_dir:
@@ -304,16 +308,16 @@ class _Miner:
 
     def _eligible_tasks(self) -> list[str]:
         s = self.settings
-        need = s.num_queries + s.num_heldout
         total = len(self.retriever.rows)
         tasks = sorted(t for t, rows in self.rows_of_task.items()
-                       if len(rows) >= need and total - len(rows) >= 2 * s.num_queries)
+                       if len(rows) >= s.num_queries and len(self.heldout_of_task[t]) >= s.num_heldout
+                       and total - len(rows) >= 2 * s.num_queries)
         if not tasks:
-            largest = max(self.rows_of_task, key=lambda t: len(self.rows_of_task[t]))
-            raise UserError(f"no upstream task in the index has the {need} pool rows a tuple needs "
-                            f"({s.num_queries} queries + {s.num_heldout} held out; the largest, "
-                            f"{largest}, has {len(self.rows_of_task[largest])}); lower num_queries or "
-                            "num_heldout")
+            largest = max(self.heldout_of_task, key=lambda t: len(self.heldout_of_task[t]))
+            raise UserError(f"no upstream task in the index has the {s.num_heldout} held-out rows "
+                            f"and {s.num_queries} pool rows a tuple needs (the most held-out rows: "
+                            f"{largest}, {len(self.heldout_of_task[largest])} validation examples "
+                            "unseen in its train split); lower num_queries or num_heldout")
         return tasks
 
     def tuple(self, index: int, on_round: Callable[[], None] | None = None) -> dict:
@@ -322,9 +326,9 @@ class _Miner:
         rng = np.random.default_rng(np.random.SeedSequence([s.seed, index]))
         task = self.tasks[int(rng.integers(len(self.tasks)))]
         rows = self.rows_of_task[task]
-        order = rng.permutation(len(rows))
-        queries = [rows[i] for i in order[:s.num_queries]]
-        heldout = [rows[i] for i in order[s.num_queries:s.num_queries + s.num_heldout]]
+        queries = [rows[i] for i in rng.permutation(len(rows))[:s.num_queries]]
+        unseen = self.heldout_of_task[task]
+        heldout = [unseen[i] for i in rng.permutation(len(unseen))[:s.num_heldout]]
         candidates = self._candidates(task, [q["inputs"] for q in queries])
         pairs = finetune.tokenize_rows(candidates, self.vocabulary, s.max_input_length,
                                        s.max_target_length)
@@ -373,7 +377,7 @@ class _Miner:
 
 def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
          num_queries: int = 16, num_heldout: int = 100, num_candidates: int = 100,
-         num_rounds: int = 3, num_groups: int = 5, aggregation: str = "dedup",
+         num_rounds: int = 3, num_groups: int = 5, aggregation: str = "concat",
          finetune_config: finetune.FinetuneConfig = GROUP_FINETUNE, parallel: bool = True,
          reranker_dir: str | None = None, upsample_ratio: float = 2.0,
          max_input_length: int = 256, max_target_length: int = 64, eval_batch_size: int = 50,
@@ -434,6 +438,15 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
             done.append(record)
             bar.update(1)
     return done
+
+
+def heldout_rows(task: str) -> list[dict]:
+    """Hq's candidates for upstream task `task`: its `validation` examples less those sharing a
+    raw example (`corpus.raw_example_id`) with its `train` split."""
+    from tasks import vocab  # pylint: disable=import-outside-toplevel  (tasks import recross_jax)
+    trained = {corpus.raw_example_id(row["example_id"]) for row in vocab.task_examples(task, "train")}
+    return [row for row in vocab.task_examples(task, "validation")
+            if corpus.raw_example_id(row["example_id"]) not in trained]
 
 
 def read_tuples(path: str, settings: _Settings | None = None) -> list[dict]:
