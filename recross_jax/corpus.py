@@ -71,6 +71,16 @@ def raw_example_id(example_id: str) -> str:
     return "|".join(parts[:2] + parts[-1:])
 
 
+def held_out_examples(task: str, split: str = "validation") -> list[dict]:
+    """`task`'s `split` examples (Python dicts) less those sharing a raw example with its `train`
+    split: data a model trained on the task has not seen (the ReCross release's upstream and
+    validation files share raw examples)."""
+    from tasks import vocab  # pylint: disable=import-outside-toplevel  (tasks import this module)
+    trained = {raw_example_id(row["example_id"]) for row in vocab.task_examples(task, "train")}
+    return [row for row in vocab.task_examples(task, split)
+            if raw_example_id(row["example_id"]) not in trained]
+
+
 def register_query_source(task: str, source: QuerySource) -> None:
     """Makes `source` give the query sets of target `task` (see `QuerySource`)."""
     _QUERY_SOURCES[task] = source

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tiny_models
 
-from recross_jax import finetune, rerank
+from recross_jax import corpus, finetune, rerank
 from recross_jax.errors import UserError
 from recross_jax.rerank import mining
 from recross_jax.retrieval import indexing
@@ -103,7 +103,7 @@ def test_heldout_rows_drop_raw_examples_of_the_train_split(monkeypatch):
     split = {"train": [{"example_id": "d|train|t1|#1"}, {"example_id": "d|train|t2|#2"}],
              "validation": [{"example_id": "d|train|t3|#1"}, {"example_id": "d|train|t1|#3"}]}
     monkeypatch.setattr(vocab, "task_examples", lambda task, name: split[name])
-    assert mining.heldout_rows("d") == [{"example_id": "d|train|t1|#3"}]
+    assert corpus.held_out_examples("d") == [{"example_id": "d|train|t1|#3"}]
 
 
 def test_concat_keeps_repeats(setup, tmp_path):

@@ -297,7 +297,7 @@ class _Miner:
         self.rows_of_task: dict[str, list[dict]] = collections.defaultdict(list)
         for row in self.retriever.rows:
             self.rows_of_task[row["task"]].append(row)
-        self.heldout_of_task = {task: heldout_rows(task) for task in sorted(self.rows_of_task)}
+        self.heldout_of_task = {task: corpus.held_out_examples(task) for task in sorted(self.rows_of_task)}
         self.tasks = self._eligible_tasks()
         self.reranker = None
         if reranker_dir:
@@ -438,15 +438,6 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
             done.append(record)
             bar.update(1)
     return done
-
-
-def heldout_rows(task: str) -> list[dict]:
-    """Hq's candidates for upstream task `task`: its `validation` examples less those sharing a
-    raw example (`corpus.raw_example_id`) with its `train` split."""
-    from tasks import vocab  # pylint: disable=import-outside-toplevel  (tasks import recross_jax)
-    trained = {corpus.raw_example_id(row["example_id"]) for row in vocab.task_examples(task, "train")}
-    return [row for row in vocab.task_examples(task, "validation")
-            if corpus.raw_example_id(row["example_id"]) not in trained]
 
 
 def read_tuples(path: str, settings: _Settings | None = None) -> list[dict]:
