@@ -1,7 +1,7 @@
 """The whole ReCross pipeline as a sequence of `recross` commands, each skipped when up to date.
 
 `make demo` (scripts/demo.py) and the results study (scripts/run_study.py) run the same stages
-with different sizes: vocabulary → upstream training → model and SBERT indexes → mining →
+with different sizes: vocabulary (T5 only) → upstream training → model and SBERT indexes → mining →
 reranker → generalization over targets and methods → report. Every stage runs in this process
 (TensorFlow and JAX load once) and records its arguments in `<out>/<stage>/.stage.json`; a
 stage whose output exists and whose arguments are unchanged is skipped, so a re-run is fast and
@@ -21,6 +21,7 @@ from recross_jax.errors import UserError
 from recross_jax.io_utils import write_json_atomic
 
 STAGE_RECORD = ".stage.json"
+MINILM2MINILM = "minilm2minilm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,10 @@ class PipelineConfig:
     targets: tuple[str, ...]            # held-out target tasks
     tasks_module: str = "tasks.recross"
     gin_bindings: tuple[str, ...] = ()  # applied to every data-reading stage (e.g. caps)
+    # A gin/models file: minilm2minilm (BERT2BERT warm-started from MiniLM, its WordPiece
+    # vocabulary) or a T5 size trained from scratch (t5_1_1_mini, ...: a SentencePiece
+    # vocabulary of vocab_size pieces trained on the upstream mixture first).
+    model: str = MINILM2MINILM
     vocab_size: int = 8000
     pool_cap: int = 100                 # upstream examples per task in the indexes
     train_steps: int = 150
@@ -84,11 +89,14 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
     out = cfg.out_dir
     path = lambda *parts: os.path.join(out, *parts)  # noqa: E731
     os.makedirs(out, exist_ok=True)
-    vocab = path("vocab", f"spm_{cfg.vocab_size}.model")
-    os.environ["RECROSS_VOCAB"] = os.path.abspath(vocab)
     data = ["--tasks_module", cfg.tasks_module, *(f"--gin.{b}" for b in cfg.gin_bindings)]
-    run_stage(out, "vocab", ["vocab", "train", "--mixture", cfg.upstream, "--size", str(cfg.vocab_size),
-                             "--out", vocab, *data], vocab)
+    if cfg.model == MINILM2MINILM:
+        os.environ["RECROSS_VOCAB"] = "minilm"
+    else:
+        vocab = path("vocab", f"spm_{cfg.vocab_size}.model")
+        os.environ["RECROSS_VOCAB"] = os.path.abspath(vocab)
+        run_stage(out, "vocab", ["vocab", "train", "--mixture", cfg.upstream, "--size",
+                                 str(cfg.vocab_size), "--out", vocab, *data], vocab)
     if show_data:
         for name in (cfg.upstream, *cfg.targets[:1]):
             print(f"\n=== data: statistics of {name} (train split, first 200 examples per task) ===")
@@ -98,7 +106,8 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
 
     model_dir = path("upstream")
     run_stage(out, "upstream", [
-        "train", "--gin_file=gin/upstream.gin", f"--gin.MODEL_DIR='{model_dir}'",
+        "train", "--gin_file=gin/upstream.gin", f"--gin_file=gin/models/{cfg.model}.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
         f"--gin.MIXTURE_OR_TASK_NAME='{cfg.upstream}'", f"--gin.TRAIN_STEPS={cfg.train_steps}",
         f"--gin.BATCH_SIZE={cfg.batch_size}", f"--gin.WARMUP_STEPS={max(1, cfg.train_steps // 3)}",
         f"--gin.CHECKPOINT_PERIOD={cfg.train_steps}", f"--gin.TASK_FEATURE_LENGTHS={cfg.feature_lengths}",

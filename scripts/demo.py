@@ -1,7 +1,8 @@
 """`make demo`: the whole ReCross pipeline on the embedded ReCross release at mini scale.
 
-Vocabulary → the mini T5 trained on T0's upstream mixture (`t0_upstream`, 34 datasets, capped at
-100 examples per dataset) → the upstream encoder's index (ReCross) and a MiniLM index (SBERT) →
+BERT2BERT warm-started from all-MiniLM-L6-v2 and trained briefly on T0's upstream mixture
+(`t0_upstream`, 34 datasets, capped at 100 examples per dataset; MiniLM's WordPiece vocabulary,
+so no vocabulary stage) → the upstream encoder's index (ReCross) and a MiniLM index (SBERT) →
 mined distant supervision → the cross-encoder reranker → 3 of the paper's Table-1 targets × 5
 methods × 2 query sets → the results table and the retrieved-task heatmap. Each stage is skipped
 when its outputs exist and its arguments are unchanged (`recross_jax/pipeline.py`), so a re-run is
