@@ -1,14 +1,21 @@
-"""Train-step and scoring throughput of our Flax T5 against HF transformers' PyTorch T5, on CPU.
+"""Train-step and scoring throughput of our Flax models against HF transformers' PyTorch ones, on
+CPU, and our train step's model FLOP utilisation (MFU).
 
-Both sides build the same T5 1.1 network (gated GELU, untied output layer, same sizes and
-dropout), train with AdamW on the same random batches (no padding, so every position is a
-token) and score the same batches (per-example summed target log-likelihood, no gradient).
+Both sides build the same network: T5 1.1 sizes (gated GELU, untied output layer) against
+`T5ForConditionalGeneration`, or `minilm2minilm` (BERT2BERT of all-MiniLM-L6-v2's shape, as
+gin/models/minilm2minilm.gin; randomly initialised, as speed does not depend on the weights)
+against `EncoderDecoderModel` of two `BertModel`s. Both train with AdamW on the same random
+batches (no padding, so every position is a token) and score the same batches (per-example
+summed target log-likelihood, no gradient). MFU = the train step's model FLOPs (3 × the
+forward's matmul and attention FLOPs, causal attention counted in full) per second over the
+best float32 rate of one jitted 2048 × 2048 matmul on the same cores, measured in the JAX worker.
 Each side runs in its own process pinned to the same CPU cores (torch with that many threads).
 JAX's compile time is measured by a warm-up step and reported apart; throughput is that of the
 fastest timed step (the least disturbed by other load on the machine). Peak memory is the
 process's peak RSS and its growth over the RSS after the imports.
 
     python scripts/bench_train.py --sizes mini small --batch_size 8 --inputs 128 --targets 32
+    python scripts/bench_train.py --sizes minilm2minilm --batch_size 16 --inputs 256 --targets 32
 
 Needs torch and transformers (the test extra). Prints one line per size, side and phase, then the
 ratios ours / reference.
@@ -32,6 +39,41 @@ SIZES = {
     "small": (512, 1024, 6, 64, 8, 32128),
     "base": (768, 2048, 12, 64, 12, 32128),
 }
+# BERT2BERT of all-MiniLM-L6-v2's shape: hidden, intermediate, heads, head dim, layers, WordPiece.
+BERT2BERT = {"minilm2minilm": (384, 1536, 12, 32, 6, 30522)}
+
+
+def dims(size: str) -> tuple[int, int, int, int, int, int]:
+    return {**SIZES, **BERT2BERT}[size]
+
+
+def train_flops(size: str, batch: int, inputs: int, targets: int) -> float:
+    """Model FLOPs of one train step: 3 × the forward's matmuls and attention products."""
+    d, ff, heads, head_dim, layers, vocab = dims(size)
+    inner = heads * head_dim
+    ff_mats = 2 if size in BERT2BERT else 3  # T5 1.1's gated GELU has two input projections
+    dense = 2 * (4 * d * inner + ff_mats * d * ff)  # per token and layer: attention + MLP
+    encoder = inputs * layers * (dense + 4 * inputs * inner)
+    decoder = (targets * layers * (dense + 2 * 2 * d * inner + 4 * (targets + inputs) * inner)
+               + inputs * layers * 2 * 2 * d * inner)  # cross-attention's queries/output, keys/values
+    head = targets * 2 * d * (vocab + (d if size in BERT2BERT else 0))  # BERT's head transform
+    return 3.0 * batch * (encoder + decoder + head)
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """The best float32 rate of one jitted n × n matmul."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    product = jax.jit(lambda x: x @ x)
+    product(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
 
 
 def peak_rss_mib() -> float:
@@ -56,16 +98,21 @@ def run_jax(args: argparse.Namespace) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from recross_jax import partitioning, training
-    from recross_jax.models.t5 import T5Config, Transformer
+    from recross_jax import models, partitioning, training
 
     partitioning.use_cpu_devices(args.devices)  # the mesh's data axis spans them
     base_rss = peak_rss_mib()
-    emb, mlp, heads, head_dim, layers, vocab = SIZES[args.size]
-    config = T5Config(vocab_size=vocab, emb_dim=emb, mlp_dim=mlp, num_heads=heads,
-                      head_dim=head_dim, num_encoder_layers=layers, num_decoder_layers=layers,
-                      dropout_rate=args.dropout)
-    model = Transformer(config)
+    emb, mlp, heads, head_dim, layers, vocab = dims(args.size)
+    if args.size in BERT2BERT:
+        config = models.Bert2BertConfig(
+            vocab_size=vocab, hidden_size=emb, intermediate_size=mlp, num_attention_heads=heads,
+            num_encoder_layers=layers, num_decoder_layers=layers,
+            hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
+    else:
+        config = models.T5Config(vocab_size=vocab, emb_dim=emb, mlp_dim=mlp, num_heads=heads,
+                                 head_dim=head_dim, num_encoder_layers=layers,
+                                 num_decoder_layers=layers, dropout_rate=args.dropout)
+    model = models.build(config)
     mesh = partitioning.create_mesh(1)
     optimizer = training.make_optimizer("adamw", args.learning_rate)
     shardings = training.state_shardings(training.abstract_params(config), optimizer, mesh)
@@ -103,7 +150,8 @@ def run_jax(args: argparse.Namespace) -> dict:
         score_times.append(time.perf_counter() - start)
     return {"train_s": min(train_times), "score_s": min(score_times),
             "compile_s": compile_s, "loss": float(metrics["loss"]),
-            "peak_rss_mib": peak_rss_mib(), "rss_growth_mib": peak_rss_mib() - base_rss}
+            "peak_rss_mib": peak_rss_mib(), "rss_growth_mib": peak_rss_mib() - base_rss,
+            "matmul_gflops": matmul_peak_gflops()}
 
 
 def run_torch(args: argparse.Namespace) -> dict:
@@ -113,13 +161,23 @@ def run_torch(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.cores)
     torch.manual_seed(0)
     base_rss = peak_rss_mib()
-    emb, mlp, heads, head_dim, layers, vocab = SIZES[args.size]
-    config = transformers.T5Config(
-        vocab_size=vocab, d_model=emb, d_ff=mlp, num_heads=heads, d_kv=head_dim,
-        num_layers=layers, num_decoder_layers=layers, feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False, dropout_rate=args.dropout, decoder_start_token_id=0,
-        pad_token_id=0)
-    model = transformers.T5ForConditionalGeneration(config)
+    emb, mlp, heads, head_dim, layers, vocab = dims(args.size)
+    if args.size in BERT2BERT:
+        bert = dict(vocab_size=vocab, hidden_size=emb, intermediate_size=mlp,
+                    num_attention_heads=heads, num_hidden_layers=layers,
+                    hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
+        model = transformers.EncoderDecoderModel(
+            encoder=transformers.BertModel(transformers.BertConfig(**bert)),
+            decoder=transformers.BertLMHeadModel(transformers.BertConfig(
+                **bert, is_decoder=True, add_cross_attention=True)))
+        model.config.decoder_start_token_id, model.config.pad_token_id = 101, 0
+    else:
+        config = transformers.T5Config(
+            vocab_size=vocab, d_model=emb, d_ff=mlp, num_heads=heads, d_kv=head_dim,
+            num_layers=layers, num_decoder_layers=layers, feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False, dropout_rate=args.dropout, decoder_start_token_id=0,
+            pad_token_id=0)
+        model = transformers.T5ForConditionalGeneration(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0)
     batches = [{k: torch.from_numpy(v).long() for k, v in b.items() if k != "decoder_loss_weights"}
                for b in make_batches(args, vocab)]
@@ -182,8 +240,9 @@ def launch(side: str, size: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["mini", "small"], choices=sorted(SIZES))
-    parser.add_argument("--size", default="mini", choices=sorted(SIZES), help=argparse.SUPPRESS)
+    sizes = sorted({**SIZES, **BERT2BERT})
+    parser.add_argument("--sizes", nargs="+", default=["mini", "small"], choices=sizes)
+    parser.add_argument("--size", default="mini", choices=sizes, help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--inputs", type=int, default=128)
@@ -213,6 +272,9 @@ def main() -> None:
         print(f"{size:5s} ratio ours/torch: train {ref['train_s'] / ours['train_s']:.2f}x  "
               f"score {ref['score_s'] / ours['score_s']:.2f}x  peak RSS "
               f"{ours['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x")
+        gflops = train_flops(size, args.batch_size, args.inputs, args.targets) / ours["train_s"] / 1e9
+        print(f"{size:5s} ours: {gflops:.1f} model GFLOP/s in training, matmul peak "
+              f"{ours['matmul_gflops']:.1f} GFLOP/s, MFU {100 * gflops / ours['matmul_gflops']:.1f}%")
 
 
 if __name__ == "__main__":
