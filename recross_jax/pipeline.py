@@ -37,6 +37,10 @@ class PipelineConfig:
     # vocabulary) or a T5 size trained from scratch (t5_1_1_mini, ...: a SentencePiece
     # vocabulary of vocab_size pieces trained on the upstream mixture first).
     model: str = MINILM2MINILM
+    # An upstream model trained beforehand (`recross train`): used as is, no upstream stage. It
+    # must tokenize as `model` says (MiniLM's WordPiece, or `vocab` for a T5 size).
+    upstream_model_dir: str | None = None
+    vocab: str | None = None            # a T5 upstream_model_dir's SentencePiece model
     vocab_size: int = 8000
     pool_cap: int = 100                 # upstream examples per task in the indexes
     train_steps: int = 150
@@ -92,6 +96,8 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
     data = ["--tasks_module", cfg.tasks_module, *(f"--gin.{b}" for b in cfg.gin_bindings)]
     if cfg.model == MINILM2MINILM:
         os.environ["RECROSS_VOCAB"] = "minilm"
+    elif cfg.vocab:
+        os.environ["RECROSS_VOCAB"] = os.path.abspath(cfg.vocab)
     else:
         vocab = path("vocab", f"spm_{cfg.vocab_size}.model")
         os.environ["RECROSS_VOCAB"] = os.path.abspath(vocab)
@@ -104,15 +110,18 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
         print(f"\n=== data: an example of {cfg.targets[0]} ===")
         cli.main(["data", "show", cfg.targets[0], "-n", "1", "--split", "test", *data])
 
-    model_dir = path("upstream")
-    run_stage(out, "upstream", [
-        "train", "--gin_file=gin/upstream.gin", f"--gin_file=gin/models/{cfg.model}.gin",
-        f"--gin.MODEL_DIR='{model_dir}'",
-        f"--gin.MIXTURE_OR_TASK_NAME='{cfg.upstream}'", f"--gin.TRAIN_STEPS={cfg.train_steps}",
-        f"--gin.BATCH_SIZE={cfg.batch_size}", f"--gin.WARMUP_STEPS={max(1, cfg.train_steps // 3)}",
-        f"--gin.CHECKPOINT_PERIOD={cfg.train_steps}", f"--gin.TASK_FEATURE_LENGTHS={cfg.feature_lengths}",
-        f"--gin_bindings=import {cfg.tasks_module}", *data[2:]],
-        path("upstream", f"checkpoint_{cfg.train_steps}"))
+    model_dir = cfg.upstream_model_dir or path("upstream")
+    if cfg.upstream_model_dir and not os.path.isdir(cfg.upstream_model_dir):
+        raise UserError(f"upstream model directory not found: {cfg.upstream_model_dir}")
+    if not cfg.upstream_model_dir:
+        run_stage(out, "upstream", [
+            "train", "--gin_file=gin/upstream.gin", f"--gin_file=gin/models/{cfg.model}.gin",
+            f"--gin.MODEL_DIR='{model_dir}'",
+            f"--gin.MIXTURE_OR_TASK_NAME='{cfg.upstream}'", f"--gin.TRAIN_STEPS={cfg.train_steps}",
+            f"--gin.BATCH_SIZE={cfg.batch_size}", f"--gin.WARMUP_STEPS={max(1, cfg.train_steps // 3)}",
+            f"--gin.CHECKPOINT_PERIOD={cfg.train_steps}", f"--gin.TASK_FEATURE_LENGTHS={cfg.feature_lengths}",
+            f"--gin_bindings=import {cfg.tasks_module}", *data[2:]],
+            path("upstream", f"checkpoint_{cfg.train_steps}"))
 
     index = ["index", "build", "--gin_file=gin/runs/index.gin", f"--gin.MIXTURE='{cfg.upstream}'",
              f"--gin.indexing.build.max_examples_per_task={cfg.pool_cap}", *data]

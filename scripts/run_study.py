@@ -80,6 +80,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join("runs", "study"))
     parser.add_argument("--splits", nargs="+", choices=sorted(SPLITS), default=sorted(SPLITS))
+    parser.add_argument("--upstream_model_dir", default=None,
+                        help="an upstream model trained beforehand (`recross train`), used instead "
+                        "of training one per split")
     parser.add_argument("--train_steps", type=int, default=600)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--num_tuples", type=int, default=24)
@@ -91,6 +94,7 @@ def main() -> None:
     try:
         configs = [dataclasses.replace(
             SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
+            upstream_model_dir=args.upstream_model_dir,
             targets=split_targets(name, args.targets, args.num_query_sets, NUM_QUERIES),
             transfer_scores=transfer_scores_file(name), batch_size=args.batch_size, pool_cap=300,
             num_tuples=args.num_tuples, num_query_sets=args.num_query_sets,

@@ -1,5 +1,6 @@
 """The pipeline's stage runner: a stage runs once, is skipped while its output exists and its
 arguments are unchanged, runs again when either changes; failures are one-line errors."""
+import dataclasses
 import json
 import os
 
@@ -82,3 +83,33 @@ def test_report_aligns_retrieval_with_measured_transfer_over_upstream_tasks(tmp_
     assert "| bbrep.tgt | 50.00 ± 0.00 | 60.00 ± 0.00 |" in capsys.readouterr().out
     alignment = (tmp_path / "report" / "transfer_alignment.md").read_text()
     assert "| bbrep.tgt | +0.300 (100%) | +0.200 | +0.400 |" in alignment  # (3 * 0.4 + 0) / 4
+
+
+def test_a_given_upstream_model_replaces_the_upstream_stage(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(list(argv)) or 0)
+    monkeypatch.setattr(pipeline, "report", lambda cfg, results, out: {})
+    monkeypatch.setenv("RECROSS_VOCAB", "restored after the test")
+    upstream = tmp_path / "pretrained"
+    upstream.mkdir()
+    cfg = pipeline.PipelineConfig(out_dir=str(tmp_path / "run"), upstream="mix", targets=("t",),
+                                  upstream_model_dir=str(upstream))
+    pipeline.run(cfg, show_data=False)
+    assert [argv[0] for argv in seen] == ["index", "index", "mine", "reranker", "generalize"]
+    assert f"--gin.MODEL_DIR='{upstream}'" in seen[0] and os.environ["RECROSS_VOCAB"] == "minilm"
+    missing = dataclasses.replace(cfg, upstream_model_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="upstream model directory not found: .*nowhere"):
+        pipeline.run(missing, show_data=False)
+
+
+def test_a_t5_upstream_trains_its_vocabulary_first(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(list(argv)) or 0)
+    monkeypatch.setattr(pipeline, "report", lambda cfg, results, out: {})
+    monkeypatch.setenv("RECROSS_VOCAB", "restored after the test")
+    cfg = pipeline.PipelineConfig(out_dir=str(tmp_path), upstream="mix", targets=("t",),
+                                  model="t5_1_1_mini", methods=("base",))
+    pipeline.run(cfg, show_data=False)
+    assert [argv[0] for argv in seen] == ["vocab", "train", "index", "generalize"]
+    assert "--gin_file=gin/models/t5_1_1_mini.gin" in seen[1]
+    assert os.environ["RECROSS_VOCAB"] == str(tmp_path / "vocab" / "spm_8000.model")
