@@ -60,22 +60,6 @@ def train_flops(size: str, batch: int, inputs: int, targets: int) -> float:
     return 3.0 * batch * (encoder + decoder + head)
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """The best float32 rate of one jitted n × n matmul."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    product = jax.jit(lambda x: x @ x)
-    product(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product(a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
-
-
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -97,6 +81,7 @@ def make_batches(args: argparse.Namespace, vocab: int) -> list[dict]:
 def run_jax(args: argparse.Namespace) -> dict:
     import jax
     import jax.numpy as jnp
+    from bench_mining import matmul_gflops  # the same peak rate as the other benchmarks
 
     from recross_jax import models, partitioning, training
 
@@ -151,7 +136,7 @@ def run_jax(args: argparse.Namespace) -> dict:
     return {"train_s": min(train_times), "score_s": min(score_times),
             "compile_s": compile_s, "loss": float(metrics["loss"]),
             "peak_rss_mib": peak_rss_mib(), "rss_growth_mib": peak_rss_mib() - base_rss,
-            "matmul_gflops": matmul_peak_gflops()}
+            "matmul_gflops": matmul_gflops()}
 
 
 def run_torch(args: argparse.Namespace) -> dict:

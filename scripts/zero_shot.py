@@ -133,7 +133,8 @@ def table(out: str) -> str:
         # Means over the datasets that have the figure (accuracy: those with answer choices).
         means = [None if not any(v is not None for v in rows[i])
                  else float(np.mean([v for v in rows[i] if v is not None])) for i in range(len(rows))]
-        lines.append("| **mean** | | " + " | ".join(f"**{_cell(v)}**" for v in means) + " |")
+        lines.append("| **mean** | | " + " | ".join(f"**{_cell(v)}**" if v is not None else ""
+                                                  for v in means) + " |")
     published = ", ".join(f"{k} {v:.2f}" for k, v in PUBLISHED.items())
     lines += ["", f"Published mean SoftEM on the Table-1 targets (ReCross paper, Table 1): {published}."]
     return "\n".join(lines[1:])
