@@ -106,6 +106,19 @@ def test_heldout_rows_drop_raw_examples_of_the_train_split(monkeypatch):
     assert corpus.held_out_examples("d") == [{"example_id": "d|train|t1|#3"}]
 
 
+def test_query_sets_without_enough_distinct_candidates_are_drawn_again(setup, tmp_path):
+    """Three queries of the tiny model retrieve the same few examples under concat: every draw
+    falls short, and mining says so in one line after MAX_DRAWS draws, writing no tuple."""
+    _, model_dir, index_dir, _, _ = setup
+    settings = {**SETTINGS, "num_tuples": 1}
+    del settings["aggregation"]
+    out = tmp_path / "short.jsonl"
+    with pytest.raises(UserError, match=f"{mining.MAX_DRAWS} query sets in a row retrieved too few "
+                       "distinct candidates outside their task"):
+        mining.mine(model_dir, index_dir, str(out), **settings)
+    assert not out.exists() or out.read_text() == ""
+
+
 def test_concat_keeps_repeats(setup, tmp_path):
     """The default RZ is the concatenated top lists, repeats included (SPEC §1.4)."""
     _, model_dir, index_dir, _, _ = setup

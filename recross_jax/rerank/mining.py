@@ -7,7 +7,9 @@ exactly the tuples an uninterrupted one would):
    then a query set Zq from Tq's pool rows and a held-out set Hq from its `validation` split,
    less every example that shares a raw example with Tq's `train` split (on which M was
    trained: the ReCross release's upstream and validation files share raw examples), as the
-   authors take Hq from the upstream task's held-out data;
+   authors take Hq from the upstream task's held-out data; when the queries retrieve fewer
+   distinct candidates than step 4 needs (2 |Zq|), draw again from the same generator (at most
+   `MAX_DRAWS` times);
 2. retrieve the candidates RZ for Zq from the model index, discarding every candidate of Tq
    (and of its subtasks); RZ is the top `num_candidates` of the aggregation `aggregation`. The
    default is `concat` (SPEC §1.4 and the authors' code): the concatenated top lists keep
@@ -55,6 +57,10 @@ from recross_jax.models import ModelConfig
 from recross_jax.retrieval import indexing
 
 TokenPair = finetune.TokenPair
+
+# Query sets drawn for one tuple before mining gives up: with `concat`, queries that retrieve the
+# same examples can leave RZ with fewer distinct candidates than the positives and negatives need.
+MAX_DRAWS = 10
 
 # SPEC §1.4's group fine-tune: 1 epoch, batch 2, AdamW at 3e-5 with 3 warmup steps, clip 0.1.
 # After the warmup the rate decays linearly to 0 (HF's get_linear_schedule_with_warmup, the usual
@@ -324,12 +330,21 @@ class _Miner:
         """Tuple `index`: (Zq, Zp, Zn) of one sampled upstream task, with all candidate scores."""
         s = self.settings
         rng = np.random.default_rng(np.random.SeedSequence([s.seed, index]))
-        task = self.tasks[int(rng.integers(len(self.tasks)))]
-        rows = self.rows_of_task[task]
-        queries = [rows[i] for i in rng.permutation(len(rows))[:s.num_queries]]
-        unseen = self.heldout_of_task[task]
-        heldout = [unseen[i] for i in rng.permutation(len(unseen))[:s.num_heldout]]
-        candidates = self._candidates(task, [q["inputs"] for q in queries])
+        for _ in range(MAX_DRAWS):
+            task = self.tasks[int(rng.integers(len(self.tasks)))]
+            rows = self.rows_of_task[task]
+            queries = [rows[i] for i in rng.permutation(len(rows))[:s.num_queries]]
+            unseen = self.heldout_of_task[task]
+            heldout = [unseen[i] for i in rng.permutation(len(unseen))[:s.num_heldout]]
+            candidates, distinct = self._candidates(task, [q["inputs"] for q in queries])
+            if distinct >= 2 * s.num_queries and len(candidates) >= s.num_groups:
+                break
+        else:
+            raise UserError(f"{MAX_DRAWS} query sets in a row retrieved too few distinct "
+                            f"candidates outside their task (the last, of {task}: {distinct}); a "
+                            f"tuple needs {2 * s.num_queries} (positives and negatives) and at "
+                            f"least {s.num_groups} (one per group): raise num_candidates or use "
+                            "aggregation='dedup'")
         pairs = finetune.tokenize_rows(candidates, self.vocabulary, s.max_input_length,
                                        s.max_target_length)
         heldout_pairs = finetune.tokenize_rows(heldout, self.vocabulary, s.max_input_length,
@@ -354,8 +369,9 @@ class _Miner:
                 "heldout_ids": [h["example_id"] for h in heldout],
                 "candidate_scores": candidate_scores, "seed": s.seed, "config_hash": s.hash()}
 
-    def _candidates(self, task: str, queries: list[str]) -> list[dict]:
-        """RZ: the top candidates of the queries outside `task` (reranked when a reranker is given)."""
+    def _candidates(self, task: str, queries: list[str]) -> tuple[list[dict], int]:
+        """RZ: the top candidates of the queries outside `task` (reranked when a reranker is
+        given), and how many distinct examples it holds."""
         s = self.settings
         if self.reranker is None:
             candidates = self.retriever.retrieve(queries, s.num_candidates, s.aggregation, [task])
@@ -367,12 +383,7 @@ class _Miner:
         # The index search already drops them; a tuple must never rest on that alone.
         if any(indexing.in_groups(c["task"], (task,)) for c in candidates):
             raise AssertionError(f"retrieval returned candidates of the query task {task}")
-        distinct = len({c["example_id"] for c in candidates})
-        if distinct < 2 * s.num_queries or len(candidates) < s.num_groups:
-            raise UserError(f"only {distinct} distinct candidates outside {task} were retrieved; "
-                            f"a tuple needs {2 * s.num_queries} (positives and negatives) and at "
-                            f"least {s.num_groups} (one per group)")
-        return candidates
+        return candidates, len({c["example_id"] for c in candidates})
 
 
 def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
