@@ -17,10 +17,16 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from recross_jax import metrics as metrics_lib
+from recross_jax import significance
 from recross_jax.errors import UserError
 from recross_jax.io_utils import atomic_path, write_json_atomic, write_text_atomic
 
 METHOD_ORDER = ("base", "random", "sbert", "recross_dense", "recross")
+# SoftEM of greedy decoding is the paper's metric (the headline); rank classification beside it.
+METRICS = ("soft_em", "accuracy")
+# The paper's claims, as (A, B) pairs whose paired difference A − B the report tests.
+COMPARISONS = (("recross", "base"), ("recross", "sbert"), ("recross", "recross_dense"),
+               ("recross", "random"), ("recross_dense", "base"))
 
 
 def load_runs(results_dir: str) -> list[dict]:
@@ -38,16 +44,14 @@ def load_runs(results_dir: str) -> list[dict]:
 
 
 def primary_metric(runs: Sequence[dict], target: str) -> str:
-    """Accuracy (rank classification) where the target has answer choices, else SoftEM."""
+    """SoftEM (the paper's metric) where the target's runs decoded, else accuracy."""
     names = set().union(*(r["metrics"] for r in runs if r["target"] == target))
-    return "accuracy" if "accuracy" in names else "soft_em"
+    return "soft_em" if "soft_em" in names else "accuracy"
 
 
-def summarize(runs: Sequence[dict], metric: str | None = None) -> dict:
-    """SPEC §1.7 summary per method: {method: metrics.summarize_query_sets(...) + "metric"}.
-
-    `metric=None` uses each target's primary metric. Query sets are matched by their index.
-    """
+def scores_by_method(runs: Sequence[dict], metric: str | None = None
+                     ) -> dict[str, dict[str, dict[int, float]]]:
+    """{method: {target: {query set: score}}}; `metric=None` takes each target's primary one."""
     scores: dict[str, dict[str, dict[int, float]]] = collections.defaultdict(
         lambda: collections.defaultdict(dict))
     for run in runs:
@@ -55,11 +59,43 @@ def summarize(runs: Sequence[dict], metric: str | None = None) -> dict:
         if name not in run["metrics"]:
             raise UserError(f"run {run['target']}/{run['method']}/{run['query_set']} has no metric {name!r}")
         scores[run["method"]][run["target"]][run["query_set"]] = float(run["metrics"][name])
+    return {method: dict(by_target) for method, by_target in scores.items()}
+
+
+def summarize(runs: Sequence[dict], metric: str | None = None) -> dict:
+    """SPEC §1.7 summary per method: {method: metrics.summarize_query_sets(...)}.
+
+    `metric=None` uses each target's primary metric. Query sets are matched by their index.
+    """
+    scores = scores_by_method(runs, metric)
     summary = {}
     for method in sorted(scores, key=_method_rank):
         per_target = {t: [qs[i] for i in sorted(qs)] for t, qs in sorted(scores[method].items())}
         summary[method] = metrics_lib.summarize_query_sets(per_target)
     return summary
+
+
+def comparisons(runs: Sequence[dict], metric: str, seed: int,
+                pairs: Sequence[tuple[str, str]] = COMPARISONS) -> dict[str, dict]:
+    """{"A - B": significance.compare(...)} for each pair of `pairs` whose methods both ran."""
+    scores = scores_by_method(runs, metric)
+    return {f"{a} - {b}": significance.compare(scores[a], scores[b], seed)
+            for a, b in pairs if a in scores and b in scores}
+
+
+def comparisons_markdown(results: Mapping[str, Mapping[str, dict]], scale: float = 100.0) -> str:
+    """Per metric, one row per comparison: the mean paired difference, its bootstrap CI and
+    wins / ties / losses over (target, query set) pairs."""
+    lines = []
+    for metric, by_pair in results.items():
+        lines += [f"### {metric}", "", "| comparison | mean difference | 95% CI | wins / ties / losses |",
+                  "|---|---|---|---|"]
+        for pair, c in by_pair.items():
+            low, high = (scale * v for v in c["ci"])
+            lines.append(f"| {pair} | {scale * c['mean']:+.2f} | [{low:+.2f}, {high:+.2f}] | "
+                         f"{c['wins']} / {c['ties']} / {c['losses']} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def markdown_table(summary: dict, scale: float = 100.0) -> str:
@@ -226,15 +262,25 @@ def plot_heatmap(runs: Sequence[dict], path: str, top_tasks: int = 25) -> None:
 
 
 def write_report(results_dir: str, out_dir: str, metric: str | None = None,
-                 transfer_scores: Mapping[str, Mapping[str, float]] | None = None) -> dict:
-    """Writes `table.md`, `table.csv` and `summary.json` into out_dir; where runs retrieved
+                 transfer_scores: Mapping[str, Mapping[str, float]] | None = None,
+                 seed: int = 0) -> dict:
+    """Writes `table.md`, `table.csv` and `summary.json` (`metric`, default each target's primary
+    one) into out_dir, and for each of METRICS every run has, `table_<metric>.md` and the paired
+    comparisons (`comparisons.md` / `.json`, bootstrap seeded by `seed`); where runs retrieved
     anything also `retrieved_tasks.md` and `retrieval_heatmap.png`, and with `transfer_scores`
-    (see `transfer_alignment`) `transfer_alignment.md`."""
+    (see `transfer_alignment`) `transfer_alignment.md`. Returns the summary."""
     runs = load_runs(results_dir)
     summary = summarize(runs, metric)
     write_text_atomic(os.path.join(out_dir, "table.md"), markdown_table(summary))
     write_text_atomic(os.path.join(out_dir, "table.csv"), csv_table(summary))
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
+    measured = [m for m in METRICS if all(m in run["metrics"] for run in runs)]
+    for name in measured:
+        write_text_atomic(os.path.join(out_dir, f"table_{name}.md"), markdown_table(summarize(runs, name)))
+    compared = {name: comparisons(runs, name, seed) for name in measured}
+    if any(compared.values()):
+        write_json_atomic(os.path.join(out_dir, "comparisons.json"), compared)
+        write_text_atomic(os.path.join(out_dir, "comparisons.md"), comparisons_markdown(compared))
     if retrieval_distribution(runs):
         write_text_atomic(os.path.join(out_dir, "retrieved_tasks.md"), retrieved_tasks_markdown(runs))
         plot_heatmap(runs, os.path.join(out_dir, "retrieval_heatmap.png"))

@@ -91,9 +91,28 @@ def test_transfer_alignment_matches_hand_computation(tmp_path):
     assert reporting.transfer_alignment(runs, {"other": {"up.a": 1.0}}) == {}  # no target scored
 
 
-def test_primary_metric_falls_back_to_soft_em(tmp_path):
-    runs = [{"target": "squad", "method": "base", "query_set": 0, "metrics": {"soft_em": 0.3, "em": 0.1}}]
-    assert reporting.primary_metric(runs, "squad") == "soft_em"
+def test_primary_metric_is_soft_em_else_accuracy(tmp_path):
+    runs = [{"target": "squad", "method": "base", "query_set": 0, "metrics": {"soft_em": 0.3, "em": 0.1}},
+            {"target": "cb", "method": "base", "query_set": 0, "metrics": {"soft_em": 0.3, "accuracy": 0.5}},
+            {"target": "copa", "method": "base", "query_set": 0, "metrics": {"accuracy": 0.5}}]
+    assert [reporting.primary_metric(runs, t) for t in ("squad", "cb", "copa")] == [
+        "soft_em", "soft_em", "accuracy"]
+
+
+def test_comparisons_are_paired_over_query_sets(tmp_path):
+    write_runs(tmp_path)
+    reporting.write_report(str(tmp_path), str(tmp_path / "report"), seed=5)
+    compared = json.loads((tmp_path / "report" / "comparisons.json").read_text())
+    assert list(compared) == ["accuracy"] and list(compared["accuracy"]) == ["recross - base"]
+    # cb: +0.1, +0.2, +0.3; wic: +0.1, 0, -0.1 -> mean over targets (0.2 + 0.0) / 2
+    result = compared["accuracy"]["recross - base"]
+    assert result["mean"] == pytest.approx(0.1)
+    assert (result["wins"], result["ties"], result["losses"]) == (4, 1, 1)
+    low, high = (100 * v for v in result["ci"])
+    table = (tmp_path / "report" / "comparisons.md").read_text()
+    assert f"| recross - base | +10.00 | [{low:+.2f}, {high:+.2f}] | 4 / 1 / 1 |" in table
+    report = tmp_path / "report"
+    assert (report / "table_accuracy.md").read_text() == (report / "table.md").read_text()
 
 
 def test_errors(tmp_path):
