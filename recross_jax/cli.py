@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True, help="where table.md, table.csv, summary.json and the PNG go")
     sub.add_argument("--metric", default=None, help="metric of table.md (default: soft_em, else accuracy)")
     sub.add_argument("--seed", type=int, default=0, help="seed of the comparisons' bootstrap")
+    sub.add_argument("--targets", nargs="+", help="report only these targets' runs")
+    sub.add_argument("--methods", nargs="+", help="report only these methods' runs")
+    sub.add_argument("--num_query_sets", type=int, help="report only query sets below this index")
     sub.add_argument("--transfer_scores", help="measured source -> target transfer (TaskWeb's "
                      "transfer_scores.json): also write transfer_alignment.md")
     sub.add_argument("--transfer_metric", default="pc_mean", help="pc_mean, pm_mean or a setup name")
@@ -279,7 +282,8 @@ def _report(args: argparse.Namespace) -> None:
             sources = {task.name for task in corpus.tasks_of(args.upstream)}
         scores = transfer.load_transfer_scores(args.transfer_scores, args.transfer_metric,
                                                args.task_prefix, sources)
-    reporting.write_report(args.results, args.out, args.metric, scores, args.seed)
+    reporting.write_report(args.results, args.out, args.metric, scores, args.seed, targets=args.targets,
+                           methods=args.methods, num_query_sets=args.num_query_sets)
     with open(os.path.join(args.out, "table.md"), encoding="utf-8") as f:
         print(f.read())
 

@@ -60,6 +60,9 @@ class PipelineConfig:
     max_eval_examples: int = 64
     relearn_learning_rate: float = 1e-4
     relearn_epochs: int = 2
+    # Named subsets of targets reported on their own as well (report_<name>/), e.g. Table 1's
+    # targets and Table 2's when one study runs both.
+    report_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     transfer_scores: str | None = None  # measured transfer (TaskWeb): adds transfer_alignment.md
     task_prefix: str = ""               # of the registered task names, to match transfer_scores
 
@@ -160,17 +163,26 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
         f"--gin.generalize.run.max_eval_examples={cfg.max_eval_examples}",
         f"--gin.finetune.FinetuneConfig.learning_rate={cfg.relearn_learning_rate}",
         f"--gin.finetune.FinetuneConfig.epochs={cfg.relearn_epochs}"], path("generalize", STAGE_RECORD))
-    return report(cfg, results, path("report"))
+    summary = report(cfg, results, path("report"))
+    for name, group in cfg.report_groups:
+        targets = [t for t in group if t in cfg.targets]
+        if targets:
+            report(cfg, results, path(f"report_{name}"), targets)
+    return summary
 
 
-def report(cfg: PipelineConfig, results_dir: str, out_dir: str) -> dict:
-    """`recross report` over the generalize results (with the transfer alignment when `cfg` has
-    measured transfer scores, against the upstream tasks); returns its summary."""
+def report(cfg: PipelineConfig, results_dir: str, out_dir: str,
+           targets: Sequence[str] | None = None) -> dict:
+    """`recross report` over the generalize results of `cfg` (its methods and query sets, and
+    `targets` or else all of cfg's), with the transfer alignment when `cfg` has measured transfer
+    scores, against the upstream tasks; returns its summary."""
     transfer = (["--transfer_scores", cfg.transfer_scores, "--task_prefix", cfg.task_prefix,
                  "--upstream", cfg.upstream, "--tasks_module", cfg.tasks_module]
                 if cfg.transfer_scores else [])
-    print("\n=== report ===", flush=True)
-    if cli.main(["report", "--results", results_dir, "--out", out_dir, *transfer]):
+    select = ["--targets", *(targets or cfg.targets), "--methods", *cfg.methods,
+              "--num_query_sets", str(cfg.num_query_sets)]
+    print(f"\n=== report: {out_dir} ===", flush=True)
+    if cli.main(["report", "--results", results_dir, "--out", out_dir, *select, *transfer]):
         raise UserError("stage report failed")
     with open(os.path.join(out_dir, "summary.json"), encoding="utf-8") as f:
         return json.load(f)

@@ -12,7 +12,7 @@ import glob
 import io
 import json
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -29,17 +29,25 @@ COMPARISONS = (("recross", "base"), ("recross", "sbert"), ("recross", "recross_d
                ("recross", "random"), ("recross_dense", "base"))
 
 
-def load_runs(results_dir: str) -> list[dict]:
-    """Every run JSON under `results_dir` (recursively), sorted by target, method, query set."""
+def load_runs(results_dir: str, targets: Sequence[str] | None = None,
+              methods: Sequence[str] | None = None, num_query_sets: int | None = None) -> list[dict]:
+    """Every run JSON under `results_dir` (recursively), sorted by target, method, query set;
+    only those of `targets`, `methods` and query sets below `num_query_sets` where given (a
+    results directory may hold runs of an earlier, larger configuration)."""
     paths = sorted(glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True))
     runs = []
     for path in paths:
         with open(path, encoding="utf-8") as f:
             run = json.load(f)
-        if {"target", "method", "query_set", "metrics"} <= run.keys():
+        if not {"target", "method", "query_set", "metrics"} <= run.keys():
+            continue
+        if ((targets is None or run["target"] in targets) and (methods is None or run["method"] in methods)
+                and (num_query_sets is None or run["query_set"] < num_query_sets)):
             runs.append(run)
     if not runs:
-        raise UserError(f"no run results (JSON with target, method, query_set, metrics) under {results_dir}")
+        raise UserError(f"no run results (JSON with target, method, query_set, metrics) under {results_dir}"
+                        + (" for the targets, methods and query sets asked for"
+                           if (targets, methods, num_query_sets) != (None, None, None) else ""))
     return sorted(runs, key=lambda r: (r["target"], _method_rank(r["method"]), r["query_set"]))
 
 
@@ -263,13 +271,14 @@ def plot_heatmap(runs: Sequence[dict], path: str, top_tasks: int = 25) -> None:
 
 def write_report(results_dir: str, out_dir: str, metric: str | None = None,
                  transfer_scores: Mapping[str, Mapping[str, float]] | None = None,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, **select: Any) -> dict:
     """Writes `table.md`, `table.csv` and `summary.json` (`metric`, default each target's primary
     one) into out_dir, and for each of METRICS every run has, `table_<metric>.md` and the paired
     comparisons (`comparisons.md` / `.json`, bootstrap seeded by `seed`); where runs retrieved
     anything also `retrieved_tasks.md` and `retrieval_heatmap.png`, and with `transfer_scores`
-    (see `transfer_alignment`) `transfer_alignment.md`. Returns the summary."""
-    runs = load_runs(results_dir)
+    (see `transfer_alignment`) `transfer_alignment.md`. `select`: `load_runs`'s filters.
+    Returns the summary."""
+    runs = load_runs(results_dir, **select)
     summary = summarize(runs, metric)
     write_text_atomic(os.path.join(out_dir, "table.md"), markdown_table(summary))
     write_text_atomic(os.path.join(out_dir, "table.csv"), csv_table(summary))

@@ -60,6 +60,22 @@ def test_markdown_and_csv(tmp_path):
     assert "| cb | +0.100 (100%) | +0.200 | +0.500 |" in alignment
 
 
+def test_load_runs_selects_targets_methods_and_query_sets(tmp_path):
+    write_runs(tmp_path)
+    picked = reporting.load_runs(str(tmp_path), targets=["cb"], methods=["recross"], num_query_sets=2)
+    assert [(r["target"], r["method"], r["query_set"]) for r in picked] == [("cb", "recross", 0),
+                                                                            ("cb", "recross", 1)]
+    # A leftover query set of an earlier, larger run no longer breaks the summary.
+    extra = {"target": "cb", "method": "base", "query_set": 3, "metrics": {"accuracy": 0.9}}
+    (tmp_path / "leftover.json").write_text(json.dumps(extra))
+    with pytest.raises(UserError, match="query-set scores"):
+        reporting.summarize(reporting.load_runs(str(tmp_path)))
+    summary = reporting.write_report(str(tmp_path), str(tmp_path / "report"), num_query_sets=3)
+    assert summary["base"]["per_task"]["cb"]["n"] == 3
+    with pytest.raises(UserError, match="for the targets, methods and query sets asked for"):
+        reporting.load_runs(str(tmp_path), targets=["copa"])
+
+
 def test_retrieval_distribution_counts_over_query_sets(tmp_path):
     write_runs(tmp_path)
     dist = reporting.retrieval_distribution(reporting.load_runs(str(tmp_path)))
