@@ -28,3 +28,12 @@ def test_targets_without_room_for_disjoint_query_sets_are_skipped_by_name(capsys
     assert not run_study.has_enough_examples(_task(79), num_query_sets=5, num_queries=16)
     assert ("skipping target study_target_79: 79 train examples, 5 query sets of 16 need 80"
             in capsys.readouterr().err)
+
+
+def test_release_study_runs_both_tables_and_reports_each():
+    assert run_study.split_targets("release", None, 5, 16) == run_study.TABLE1 + run_study.TABLE2
+    assert run_study.split_targets("release", ["all"], 5, 16) == run_study.TABLE1 + run_study.TABLE2
+    assert len(run_study.TABLE1) == 10 and len(run_study.TABLE2) == 5
+    assert "recross.super_glue_wsc_fixed" in run_study.TABLE1 and "recross.strategyqa" in run_study.TABLE2
+    groups = dict(run_study.SPLITS["release"].report_groups)
+    assert groups == {"table1": run_study.TABLE1, "table2": run_study.TABLE2}
