@@ -147,6 +147,15 @@ def retrieval_distribution(runs: Iterable[dict]) -> dict[str, dict[str, collecti
     return dist
 
 
+def retrieved_share(runs: Iterable[dict], tasks: Iterable[str]) -> dict[str, dict[str, float]]:
+    """{method: {target: share of its retrieved examples (over query sets) from `tasks`}}."""
+    wanted = set(tasks)
+    dist = retrieval_distribution(runs)
+    return {method: {target: sum(n for t, n in counts.items() if t in wanted) / sum(counts.values())
+                     for target, counts in dist[method].items()}
+            for method in sorted(dist, key=_method_rank)}
+
+
 def retrieved_tasks_markdown(runs: Iterable[dict], top: int = 3) -> str:
     """Targets as rows, retrieval methods as columns: each method's `top` most retrieved upstream
     tasks with their share of R over all query sets (e.g. "snli 36%, quartz 25%")."""

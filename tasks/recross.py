@@ -76,6 +76,11 @@ TABLE2_TARGETS = ("hindu_knowledge", "known_unknowns", "logic_grid_puzzle", "str
 BIGBENCH_DATASETS = TABLE2_TARGETS + (
     "code_line_description", "formal_fallacies_syllogisms_negation", "misconceptions",
     "novel_concepts", "vitaminc_fact_verification", "winowhy")
+# The positive control (issue 22): one dataset held out of T0's upstream set while its family
+# stays in, so the one target where the right upstream examples are known.
+CONTROL_DATASET = "rotten_tomatoes"
+CONTROL_FAMILY = ("amazon_polarity", "app_reviews", "imdb", "yelp_review_full")
+CONTROL_MIXTURE = "t0_upstream_without_rotten_tomatoes"
 # Datasets without `upstream-5000.json` (the mirror lacked them): `validation-1000` stands in.
 STANDIN_DATASETS = (
     "adversarial_qa-dbert", "adversarial_qa-dbidaf", "adversarial_qa-droberta",
@@ -380,6 +385,8 @@ def register_all() -> None:
         members = [task_name(d) for d in _UPSTREAM_MEMBERS[split_name]]
         _UPSTREAM_TASKS.update(members)
         common.register_mixture(mixture, members, rate=_capped_rate)
+    common.register_mixture(CONTROL_MIXTURE, [task_name(d) for d in _UPSTREAM_MEMBERS["T0"]
+                                              if d != CONTROL_DATASET], rate=_capped_rate)
     common.register_mixture("recross_targets", [task_name(d) for d in TABLE1_TARGETS])
     common.register_mixture("recross_bigbench_targets", [task_name(d) for d in TABLE2_TARGETS])
     for dataset in TABLE1_TARGETS + BIGBENCH_DATASETS:

@@ -165,6 +165,11 @@ def test_mixtures_follow_split_json():
     assert sorted(recross.STANDIN_DATASETS) == sorted(
         d for d in recross.datasets() if recross.has_file(d, "validation-1000.json")
         and not recross.has_file(d, "upstream-5000.json"))
+    # The positive control: T0's set less one sentiment dataset, whose family stays in.
+    control = {t.name for t in seqio.MixtureRegistry.get(recross.CONTROL_MIXTURE).tasks}
+    t0 = {t.name for t in seqio.MixtureRegistry.get("t0_upstream").tasks}
+    assert t0 - control == {recross.task_name(recross.CONTROL_DATASET)} and control < t0
+    assert {recross.task_name(d) for d in recross.CONTROL_FAMILY} < control
 
 
 def test_upstream_cap_caps_train_and_the_rate(monkeypatch):
