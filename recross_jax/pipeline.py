@@ -2,7 +2,8 @@
 
 `make demo` (scripts/demo.py) and the results study (scripts/run_study.py) run the same stages
 with different sizes: vocabulary (T5 only) → upstream training → model and SBERT indexes → mining →
-reranker → generalization over targets and methods → report. Every stage runs in this process
+reranker → (re-learning's rate chosen on upstream stand-ins, where asked) → generalization over
+targets and methods → report. Every stage runs in this process
 (TensorFlow and JAX load once) and records its arguments in `<out>/<stage>/.stage.json`; a
 stage whose output exists and whose arguments are unchanged is skipped, so a re-run is fast and
 an interrupted run resumes (mining and generalization also resume inside their stage).
@@ -16,9 +17,9 @@ import sys
 import time
 from typing import Sequence
 
-from recross_jax import cli
+from recross_jax import cli, relearn_rate
 from recross_jax.errors import UserError
-from recross_jax.io_utils import write_json_atomic
+from recross_jax.io_utils import write_json_atomic, write_text_atomic
 
 STAGE_RECORD = ".stage.json"
 MINILM2MINILM = "minilm2minilm"
@@ -60,6 +61,10 @@ class PipelineConfig:
     max_eval_examples: int = 64
     relearn_learning_rate: float = 1e-4
     relearn_epochs: int = 2
+    # Upstream tasks standing in for targets to choose relearn_learning_rate from
+    # relearn_rate_grid on (`relearn_rate.py`; stage relearn_rate/, 2 query sets); () keeps it.
+    relearn_rate_tasks: tuple[str, ...] = ()
+    relearn_rate_grid: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4)
     # Named subsets of targets reported on their own as well (report_<name>/), e.g. Table 1's
     # targets and Table 2's when one study runs both.
     report_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -113,7 +118,7 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
         print(f"\n=== data: an example of {cfg.targets[0]} ===")
         cli.main(["data", "show", cfg.targets[0], "-n", "1", "--split", "test", *data])
 
-    model_dir = cfg.upstream_model_dir or path("upstream")
+    model_dir = model_dir_of(cfg)
     if cfg.upstream_model_dir and not os.path.isdir(cfg.upstream_model_dir):
         raise UserError(f"upstream model directory not found: {cfg.upstream_model_dir}")
     if not cfg.upstream_model_dir:
@@ -151,24 +156,64 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
                                     *(f"--gin.cross_encoder.train_reranker.{r}" for r in cfg.reranker)],
                   reranker)
 
+    if cfg.relearn_rate_tasks:
+        cfg = dataclasses.replace(cfg, relearn_learning_rate=choose_relearn_rate(cfg))
     results = path("generalize")
-    run_stage(out, "generalize", [
-        "generalize", "--gin_file=gin/generalize.gin", *data, f"--gin.TARGETS={list(cfg.targets)}",
-        f"--gin.METHODS={list(cfg.methods)}", f"--gin.MODEL_DIR='{model_dir}'",
-        f"--gin.MODEL_INDEX_DIR='{path('index_model')}'",
-        f"--gin.SBERT_INDEX_DIR={repr(path('index_sbert')) if 'sbert' in cfg.methods else None}",
-        f"--gin.RERANKER_DIR={repr(reranker)}", f"--gin.OUT_DIR='{results}'",
-        f"--gin.NUM_QUERY_SETS={cfg.num_query_sets}", f"--gin.NUM_QUERIES={cfg.num_queries}",
-        f"--gin.NUM_RETRIEVED={cfg.num_retrieved}", f"--gin.UPSAMPLE_RATIO={cfg.upsample_ratio}",
-        f"--gin.generalize.run.max_eval_examples={cfg.max_eval_examples}",
-        f"--gin.finetune.FinetuneConfig.learning_rate={cfg.relearn_learning_rate}",
-        f"--gin.finetune.FinetuneConfig.epochs={cfg.relearn_epochs}"], path("generalize", STAGE_RECORD))
+    run_stage(out, "generalize", generalize_argv(cfg, results, reranker), path("generalize", STAGE_RECORD))
     summary = report(cfg, results, path("report"))
     for name, group in cfg.report_groups:
         targets = [t for t in group if t in cfg.targets]
         if targets:
             report(cfg, results, path(f"report_{name}"), targets)
     return summary
+
+
+def choose_relearn_rate(cfg: PipelineConfig, num_query_sets: int = 2) -> float:
+    """Re-learning's rate chosen on cfg's upstream stand-in tasks (stage `relearn_rate`, one
+    generalize run per rate of the grid); records `lr_choice.json` / `.md` and returns it."""
+    out = os.path.join(cfg.out_dir, "relearn_rate")
+    trial = dataclasses.replace(cfg, targets=cfg.relearn_rate_tasks, methods=relearn_rate.METHODS,
+                                num_query_sets=num_query_sets, upsample_ratio=1.0)
+    by_rate = {}
+    for rate in sorted(set(cfg.relearn_rate_grid)):
+        results = os.path.join(out, f"lr_{rate:g}")
+        run_stage(cfg.out_dir, os.path.join("relearn_rate", f"lr_{rate:g}"), generalize_argv(
+            dataclasses.replace(trial, relearn_learning_rate=rate), results, None,
+            [f"--gin.generalize.run.eval_split='{relearn_rate.EVAL_SPLIT}'"]),
+            os.path.join(results, STAGE_RECORD))
+        by_rate[rate] = relearn_rate.gains(results, trial.targets, num_query_sets, "soft_em")
+    chosen = relearn_rate.choose(by_rate)
+    write_json_atomic(os.path.join(out, "lr_choice.json"),
+                      {"chosen": chosen, "metric": "soft_em", "tasks": list(trial.targets),
+                       "gains": {f"{r:g}": g for r, g in by_rate.items()}})
+    table = relearn_rate.markdown(by_rate, chosen, "soft_em")
+    write_text_atomic(os.path.join(out, "lr_choice.md"), table)
+    print(f"\n=== relearn_rate: chose {chosen:g} ===\n{table}", flush=True)
+    return chosen
+
+
+def model_dir_of(cfg: PipelineConfig) -> str:
+    """The upstream model `cfg` uses: its `upstream_model_dir`, else the one its run trains."""
+    return cfg.upstream_model_dir or os.path.join(cfg.out_dir, "upstream")
+
+
+def generalize_argv(cfg: PipelineConfig, results: str, reranker: str | None,
+                    extra: Sequence[str] = ()) -> list[str]:
+    """`recross generalize` over cfg's targets and methods with the model and indexes of cfg's
+    run, into `results`; `extra`: more flags (e.g. gin bindings of an ablation)."""
+    index_model, index_sbert = (os.path.join(cfg.out_dir, name) for name in ("index_model", "index_sbert"))
+    return [
+        "generalize", "--gin_file=gin/generalize.gin", "--tasks_module", cfg.tasks_module,
+        *(f"--gin.{b}" for b in cfg.gin_bindings), f"--gin.TARGETS={list(cfg.targets)}",
+        f"--gin.METHODS={list(cfg.methods)}", f"--gin.MODEL_DIR='{model_dir_of(cfg)}'",
+        f"--gin.MODEL_INDEX_DIR='{index_model}'",
+        f"--gin.SBERT_INDEX_DIR={repr(index_sbert) if 'sbert' in cfg.methods else None}",
+        f"--gin.RERANKER_DIR={repr(reranker)}", f"--gin.OUT_DIR='{results}'",
+        f"--gin.NUM_QUERY_SETS={cfg.num_query_sets}", f"--gin.NUM_QUERIES={cfg.num_queries}",
+        f"--gin.NUM_RETRIEVED={cfg.num_retrieved}", f"--gin.UPSAMPLE_RATIO={cfg.upsample_ratio}",
+        f"--gin.generalize.run.max_eval_examples={cfg.max_eval_examples}",
+        f"--gin.finetune.FinetuneConfig.learning_rate={cfg.relearn_learning_rate}",
+        f"--gin.finetune.FinetuneConfig.epochs={cfg.relearn_epochs}", *extra]
 
 
 def report(cfg: PipelineConfig, results_dir: str, out_dir: str,

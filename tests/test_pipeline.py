@@ -113,3 +113,41 @@ def test_a_t5_upstream_trains_its_vocabulary_first(monkeypatch, tmp_path):
     assert [argv[0] for argv in seen] == ["vocab", "train", "index", "generalize"]
     assert "--gin_file=gin/models/t5_1_1_mini.gin" in seen[1]
     assert os.environ["RECROSS_VOCAB"] == str(tmp_path / "vocab" / "spm_8000.model")
+
+
+def test_relearn_rate_is_chosen_on_upstream_stand_ins_then_used(monkeypatch, tmp_path):
+    seen = []
+    gain = {1e-05: 0.0, 3e-05: 0.2, 0.0001: 0.1}  # ReCross† over base, by rate
+
+    def fake_main(argv):
+        seen.append(list(argv))
+        flags = dict(a.split("=", 1) for a in argv if a.startswith("--gin.") and "=" in a)
+        if argv[0] == "generalize" and os.path.join("run", "relearn_rate") in flags["--gin.OUT_DIR"]:
+            rate = float(flags["--gin.finetune.FinetuneConfig.learning_rate"])
+            assert flags["--gin.generalize.run.eval_split"] == "'validation'"
+            for target in ("up.a", "up.b"):
+                for method, value in (("base", 0.3), ("recross_dense", 0.3 + gain[rate])):
+                    for q in range(2):
+                        path = os.path.join(flags["--gin.OUT_DIR"].strip("'"), "runs", target, method,
+                                            f"query_set_{q}.json")
+                        os.makedirs(os.path.dirname(path), exist_ok=True)
+                        with open(path, "w") as f:
+                            json.dump({"target": target, "method": method, "query_set": q,
+                                       "metrics": {"soft_em": value}}, f)
+        return 0
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    monkeypatch.setattr(pipeline, "report", lambda cfg, results, out: {})
+    monkeypatch.setenv("RECROSS_VOCAB", "restored after the test")
+    upstream = tmp_path / "pretrained"
+    upstream.mkdir()
+    cfg = pipeline.PipelineConfig(out_dir=str(tmp_path / "run"), upstream="mix", targets=("t",),
+                                  upstream_model_dir=str(upstream), methods=("base", "recross_dense"),
+                                  relearn_rate_tasks=("up.a", "up.b"), relearn_rate_grid=tuple(gain))
+    pipeline.run(cfg, show_data=False)
+    generalize = [argv for argv in seen if argv[0] == "generalize"]
+    assert len(generalize) == 4 and "--gin.TARGETS=['up.a', 'up.b']" in generalize[0]
+    assert "--gin.finetune.FinetuneConfig.learning_rate=3e-05" in generalize[-1]
+    assert "--gin.TARGETS=['t']" in generalize[-1]
+    choice = json.loads((tmp_path / "run" / "relearn_rate" / "lr_choice.json").read_text())
+    assert choice["chosen"] == 3e-05 and choice["gains"]["3e-05"]["mean"] == pytest.approx(0.2)
