@@ -24,8 +24,9 @@ import sys
 
 import seqio
 
-from recross_jax import corpus, pipeline, task_modules
+from recross_jax import corpus, pipeline, reporting, task_modules
 from recross_jax.errors import UserError
+from recross_jax.io_utils import write_json_atomic, write_text_atomic
 from tasks import recross
 
 # The paper's Table 1 (P3 targets) and Table 2 (BIG-bench targets, the authors' query sets):
@@ -48,6 +49,16 @@ SPLITS = {
 
 
 TARGET_MIXTURES = {"taskweb": "p3mini_targets"}
+# The ReCross paper's Table 3 (|Q|, |R|, µ) and Table 4 (an upstream group removed), as changes
+# to the release study's config; each runs ReCross on the Table-1 targets' first ABLATION_QUERY_SETS
+# query sets. µ = 1 needs no run: without reranking ReCross is ReCross† (`recross_dense`).
+ABLATIONS = {
+    "|Q| = 1": {"num_queries": 1}, "|Q| = 8": {"num_queries": 8}, "|Q| = 32": {"num_queries": 32},
+    "|R| / 2": {"num_retrieved": 0.5}, "|R| x 2": {"num_retrieved": 2.0}, "µ = 3": {"upsample_ratio": 3.0},
+    "without multiple-choice QA": {"exclude_tasks": tuple(recross.task_name(d)
+                                                          for d in recross.T0_MULTIPLE_CHOICE_QA)},
+}
+ABLATION_QUERY_SETS = 2
 NUM_QUERIES = 16  # |Q|
 
 
@@ -77,6 +88,56 @@ def split_targets(split: str, targets: list[str] | None, num_query_sets: int,
                  or has_enough_examples(task, num_query_sets, num_queries))
 
 
+def ablation_config(cfg: pipeline.PipelineConfig, change: dict) -> tuple[pipeline.PipelineConfig, list]:
+    """The study's config with one ablation's change (|R| as a factor), and generalize's extra flags."""
+    change = dict(change)
+    extra = []
+    if "exclude_tasks" in change:
+        extra.append(f"--gin.generalize.run.exclude_tasks={list(change.pop('exclude_tasks'))}")
+    if "num_retrieved" in change:
+        change["num_retrieved"] = max(1, round(cfg.num_retrieved * change["num_retrieved"]))
+    return dataclasses.replace(cfg, targets=TABLE1, methods=("recross",),
+                               num_query_sets=ABLATION_QUERY_SETS, **change), extra
+
+
+def ablation_row(results: str, method: str, metrics: list[str]) -> dict[str, float]:
+    """`method`'s mean over the Table-1 targets (first ABLATION_QUERY_SETS query sets)."""
+    runs = reporting.load_runs(results, targets=TABLE1, methods=[method],
+                               num_query_sets=ABLATION_QUERY_SETS)
+    return {m: reporting.summarize(runs, m)[method]["overall"]["mean"] for m in metrics}
+
+
+def run_ablations(cfg: pipeline.PipelineConfig) -> str:
+    """Runs the ablations after the release study (same model, indexes, reranker, re-learning
+    rate; resumable) into <study>/ablations/; returns the markdown table it writes there."""
+    if cfg.relearn_rate_tasks:
+        cfg = dataclasses.replace(cfg, relearn_learning_rate=pipeline.choose_relearn_rate(cfg))
+    out = os.path.join(cfg.out_dir, "ablations")
+    reranker = os.path.join(cfg.out_dir, "reranker")
+    main_runs = os.path.join(cfg.out_dir, "generalize")
+    metrics = list(reporting.METRICS)
+    rows = {"base": ablation_row(main_runs, "base", metrics),
+            "µ = 1 (ReCross†)": ablation_row(main_runs, "recross_dense", metrics),
+            f"ReCross (|Q| = {cfg.num_queries}, |R| = {cfg.num_retrieved}, µ = {cfg.upsample_ratio:g})":
+                ablation_row(main_runs, "recross", metrics)}
+    for name, change in ABLATIONS.items():
+        ablated, extra = ablation_config(cfg, change)
+        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+        results = os.path.join(out, slug)
+        pipeline.run_stage(out, slug, pipeline.generalize_argv(ablated, results, reranker, extra),
+                           os.path.join(results, pipeline.STAGE_RECORD))
+        rows[name] = ablation_row(results, "recross", metrics)
+    write_json_atomic(os.path.join(out, "ablations.json"), rows)
+    lines = [f"Mean over the {len(TABLE1)} Table-1 targets, query sets 0-{ABLATION_QUERY_SETS - 1} "
+             "(points).", "", "| setting | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{100 * row[m]:.2f}" for m in metrics) + " |"
+              for name, row in rows.items()]
+    table = "\n".join(lines) + "\n"
+    write_text_atomic(os.path.join(out, "ablations.md"), table)
+    print(f"\n=== ablations ===\n{table}", flush=True)
+    return table
+
+
 def transfer_scores_file(split: str) -> str | None:
     """TaskWeb's measured transfer matrix beside its tasks, for the TaskWeb split's report."""
     if split != "taskweb":
@@ -101,6 +162,8 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", help="target tasks, or 'all' for every target "
                         "of the split's target mixture (default: release: the paper's Tables 1 "
                         "and 2; taskweb: the 3 in RESULTS.md)")
+    parser.add_argument("--ablations", action="store_true", help="then the release split's "
+                        "ablations (|Q|, |R|, µ, a group removed) into <out>/release/ablations")
     args = parser.parse_args()
     try:
         configs = [dataclasses.replace(
@@ -114,7 +177,14 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(pipeline.main(configs, show_data=False))
+    code = pipeline.main(configs, show_data=False)
+    if code or not args.ablations or "release" not in args.splits:
+        sys.exit(code)
+    try:
+        run_ablations(next(c for c in configs if c.upstream == SPLITS["release"].upstream))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ TABLE2_TARGETS = ("hindu_knowledge", "known_unknowns", "logic_grid_puzzle", "str
 BIGBENCH_DATASETS = TABLE2_TARGETS + (
     "code_line_description", "formal_fallacies_syllogisms_negation", "misconceptions",
     "novel_concepts", "vitaminc_fact_verification", "winowhy")
+# T0's multiple-choice QA group (its paper's Figure 2; wiki_hop-original has no file here): the
+# group the study's group-removal ablation (the ReCross paper's Table 4) takes out of the pool.
+T0_MULTIPLE_CHOICE_QA = ("cos_e-v1.11", "cosmos_qa", "dream", "qasc", "quail", "quartz", "sciq",
+                         "social_i_qa", "wiqa")
 # The positive control (issue 22): one dataset held out of T0's upstream set while its family
 # stays in, so the one target where the right upstream examples are known.
 CONTROL_DATASET = "rotten_tomatoes"

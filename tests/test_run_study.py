@@ -1,9 +1,15 @@
 """The results study's target selection: `--targets all` skips targets too small for 5 query sets."""
+import dataclasses
 import importlib.util
+import json
 import os
+import pathlib
 
+import pytest
 import seqio
 import tensorflow as tf
+
+from recross_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("run_study", os.path.join(REPO, "scripts",
@@ -37,3 +43,45 @@ def test_release_study_runs_both_tables_and_reports_each():
     assert "recross.super_glue_wsc_fixed" in run_study.TABLE1 and "recross.strategyqa" in run_study.TABLE2
     groups = dict(run_study.SPLITS["release"].report_groups)
     assert groups == {"table1": run_study.TABLE1, "table2": run_study.TABLE2}
+
+
+def _write(root, target, method, query_set, score):
+    path = root / "runs" / target / method / f"query_set_{query_set}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"target": target, "method": method, "query_set": query_set,
+                                "metrics": {"soft_em": score, "accuracy": score + 0.1}}))
+
+
+def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(run_study.SPLITS["release"], out_dir=str(tmp_path), num_retrieved=64,
+                              num_queries=16, upstream_model_dir=str(tmp_path), relearn_rate_tasks=())
+    for target in run_study.TABLE1:
+        for q in range(3):  # the third query set is beyond the ablations' two
+            for method, score in (("base", 0.2), ("recross_dense", 0.3), ("recross", 0.4)):
+                _write(tmp_path / "generalize", target, method, q, score if q < 2 else 0.9)
+    seen = []
+
+    def fake_main(argv):
+        seen.append(argv)
+        flags = dict(a.split("=", 1) for a in argv if a.startswith("--gin.") and "=" in a)
+        for target in run_study.TABLE1:
+            for q in range(2):
+                _write(pathlib.Path(flags["--gin.OUT_DIR"].strip("'")), target, "recross", q,
+                       0.01 * len(seen))
+        return 0
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    table = run_study.run_ablations(cfg)
+    assert len(seen) == len(run_study.ABLATIONS)
+    assert "--gin.NUM_QUERIES=1" in seen[0] and "--gin.METHODS=['recross']" in seen[0]
+    assert "--gin.NUM_RETRIEVED=32" in seen[3] and "--gin.NUM_RETRIEVED=128" in seen[4]
+    assert "--gin.UPSAMPLE_RATIO=3.0" in seen[5]
+    assert "--gin.generalize.run.exclude_tasks=['recross.cos_e_v1_11'," in " ".join(seen[6])
+    assert "| base | 20.00 | 30.00 |" in table
+    assert "| µ = 1 (ReCross†) | 30.00 | 40.00 |" in table
+    assert "| ReCross (|Q| = 16, |R| = 64, µ = 2) | 40.00 | 50.00 |" in table
+    assert "| |Q| = 1 | 1.00 | 11.00 |" in table and "| without multiple-choice QA | 7.00 | 17.00 |" in table
+    recorded = json.loads((tmp_path / "ablations" / "ablations.json").read_text())
+    assert recorded["µ = 3"]["soft_em"] == pytest.approx(0.06)
+    run_study.run_ablations(cfg)  # resumes: every stage is up to date
+    assert len(seen) == len(run_study.ABLATIONS)
