@@ -1,14 +1,16 @@
 """The results study of RESULTS.md: the evaluation protocol of SPEC §1.7 (5 query sets, every
 method) on (a) the embedded ReCross release (T0's upstream mixture; the paper's Table-1 targets
 and its BIG-bench Table-2 targets with the authors' query sets, reported apart in report_table1/
-and report_table2/) and (b) the TaskWeb-based split of SPEC §4.
+and report_table2/; with --ablations also the paper's Tables 3 and 4 in release/ablations/), (b) a
+positive control (rotten_tomatoes held out of its own upstream model and index while its
+sentiment family stays in: control/control.md) and (c) the TaskWeb-based split of SPEC §4.
 
 Each split runs the whole pipeline (`recross_jax/pipeline.py`): its own vocabulary and upstream
 model, indexes, mining, reranker, then generalization and the report. Stages resume, so the
 study can be stopped and started again. Sizes are what one 2-core CPU allows in about an hour;
 pass --train_steps etc. to go further.
 
-    python scripts/run_study.py --out runs/study [--splits release taskweb] [--train_steps 600]
+    python scripts/run_study.py --out runs/study [--splits release control taskweb] [--ablations]
     python scripts/run_study.py --splits taskweb --targets all   # every target of the split
 
 `--targets all` skips (and names) the targets with fewer train examples than 5 disjoint query
@@ -42,6 +44,13 @@ SPLITS = {
         gin_bindings=("tasks.recross.upstream_cap.cap=300",),
         report_groups=(("table1", TABLE1), ("table2", TABLE2)),
         relearn_rate_tasks=RELEARN_RATE_TASKS),
+    # The positive control: rotten_tomatoes held out of the upstream model and the index (its own
+    # upstream run, even with --upstream_model_dir), its sentiment family kept in the pool.
+    "control": pipeline.PipelineConfig(
+        out_dir="control", upstream=recross.CONTROL_MIXTURE,
+        targets=(recross.task_name(recross.CONTROL_DATASET),),
+        gin_bindings=("tasks.recross.upstream_cap.cap=300",),
+        relearn_rate_tasks=tuple(t for t in RELEARN_RATE_TASKS if t != recross.task_name("imdb"))),
     "taskweb": pipeline.PipelineConfig(
         out_dir="taskweb", upstream="p3mini_upstream", tasks_module="tasks.jsonl",
         targets=("p3mini.cb", "p3mini.copa", "p3mini.wic"), task_prefix="p3mini."),
@@ -138,6 +147,30 @@ def run_ablations(cfg: pipeline.PipelineConfig) -> str:
     return table
 
 
+CONTROL_TARGET = SPLITS["control"].targets[0]
+CONTROL_FAMILY = tuple(recross.task_name(d) for d in recross.CONTROL_FAMILY)
+
+
+def control_table(results_dir: str, num_query_sets: int) -> tuple[dict, str]:
+    """The positive control per method: the sentiment family's share of R and the mean scores over
+    query sets (JSON, markdown)."""
+    runs = reporting.load_runs(results_dir, targets=[CONTROL_TARGET], num_query_sets=num_query_sets)
+    shares = reporting.retrieved_share(runs, CONTROL_FAMILY)
+    metrics = [m for m in reporting.METRICS if all(m in run["metrics"] for run in runs)]
+    summaries = {m: reporting.summarize(runs, m) for m in metrics}
+    rows = {method: {"family_share": shares.get(method, {}).get(CONTROL_TARGET),
+                     **{m: summaries[m][method]["per_task"][CONTROL_TARGET] for m in metrics}}
+            for method in summaries[metrics[0]]}
+    lines = [f"Target {CONTROL_TARGET}; sentiment family in the pool: {', '.join(CONTROL_FAMILY)}.", "",
+             "| method | share of R from the family | " + " | ".join(metrics) + " |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for method, row in rows.items():
+        share = "–" if row["family_share"] is None else f"{100 * row['family_share']:.1f}%"
+        cells = [f"{100 * row[m]['mean']:.2f} ± {100 * row[m]['std']:.2f}" for m in metrics]
+        lines.append(f"| {method} | {share} | " + " | ".join(cells) + " |")
+    return rows, "\n".join(lines) + "\n"
+
+
 def transfer_scores_file(split: str) -> str | None:
     """TaskWeb's measured transfer matrix beside its tasks, for the TaskWeb split's report."""
     if split != "taskweb":
@@ -168,8 +201,9 @@ def main() -> None:
     try:
         configs = [dataclasses.replace(
             SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
-            upstream_model_dir=args.upstream_model_dir,
-            targets=split_targets(name, args.targets, args.num_query_sets, NUM_QUERIES),
+            upstream_model_dir=None if name == "control" else args.upstream_model_dir,
+            targets=split_targets(name, None if name == "control" else args.targets,
+                                  args.num_query_sets, NUM_QUERIES),
             transfer_scores=transfer_scores_file(name), batch_size=args.batch_size, pool_cap=300,
             num_tuples=args.num_tuples, num_query_sets=args.num_query_sets,
             num_queries=NUM_QUERIES, num_retrieved=64,
@@ -178,10 +212,17 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     code = pipeline.main(configs, show_data=False)
-    if code or not args.ablations or "release" not in args.splits:
+    if code:
         sys.exit(code)
     try:
-        run_ablations(next(c for c in configs if c.upstream == SPLITS["release"].upstream))
+        for cfg, name in zip(configs, args.splits):
+            if name == "control":
+                rows, table = control_table(os.path.join(cfg.out_dir, "generalize"), cfg.num_query_sets)
+                write_json_atomic(os.path.join(cfg.out_dir, "control.json"), rows)
+                write_text_atomic(os.path.join(cfg.out_dir, "control.md"), table)
+                print(f"\n=== positive control ===\n{table}", flush=True)
+            if name == "release" and args.ablations:
+                run_ablations(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -85,3 +85,23 @@ def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
     assert recorded["µ = 3"]["soft_em"] == pytest.approx(0.06)
     run_study.run_ablations(cfg)  # resumes: every stage is up to date
     assert len(seen) == len(run_study.ABLATIONS)
+
+
+def test_positive_control_table_has_the_family_share_and_scores(tmp_path):
+    family, other = run_study.CONTROL_FAMILY[0], "recross.ag_news"
+    retrieved = {"base": [], "random": [family, other, other, other], "recross_dense": [family] * 3 + [other]}
+    for method, tasks in retrieved.items():
+        for q, accuracy in enumerate((0.5, 0.7)):
+            run = {"target": run_study.CONTROL_TARGET, "method": method, "query_set": q,
+                   "metrics": {"accuracy": accuracy + (0.1 if method == "recross_dense" else 0.0)},
+                   "retrieved_tasks": tasks}
+            path = tmp_path / method / f"q{q}.json"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(run))
+    rows, table = run_study.control_table(str(tmp_path), num_query_sets=2)
+    assert rows["random"]["family_share"] == pytest.approx(0.25)
+    assert rows["recross_dense"]["family_share"] == pytest.approx(0.75)
+    assert rows["base"]["family_share"] is None
+    assert rows["recross_dense"]["accuracy"]["mean"] == pytest.approx(0.7)
+    assert "| recross_dense | 75.0% | 70.00 ± 10.00 |" in table
+    assert "| base | – | 60.00 ± 10.00 |" in table
