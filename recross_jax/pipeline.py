@@ -11,6 +11,7 @@ an interrupted run resumes (mining and generalization also resume inside their s
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import sys
@@ -165,7 +166,22 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
         targets = [t for t in group if t in cfg.targets]
         if targets:
             report(cfg, results, path(f"report_{name}"), targets)
+    write_stage_times(out)
     return summary
+
+
+def write_stage_times(out_dir: str) -> dict[str, float]:
+    """Collects the wall time every stage under `out_dir` recorded (when it last ran) into
+    `stage_times.json` and `stage_times.md`; returns {stage: seconds}."""
+    times = {}
+    for record in sorted(glob.glob(os.path.join(out_dir, "**", STAGE_RECORD), recursive=True)):
+        with open(record, encoding="utf-8") as f:
+            times[os.path.relpath(os.path.dirname(record), out_dir)] = json.load(f)["seconds"]
+    write_json_atomic(os.path.join(out_dir, "stage_times.json"), times)
+    lines = ["| stage | seconds |", "|---|---|", *(f"| {k} | {v:.0f} |" for k, v in times.items()),
+             f"| **total** | {sum(times.values()):.0f} |"]
+    write_text_atomic(os.path.join(out_dir, "stage_times.md"), "\n".join(lines) + "\n")
+    return times
 
 
 def choose_relearn_rate(cfg: PipelineConfig, num_query_sets: int = 2) -> float:

@@ -151,3 +151,7 @@ def test_relearn_rate_is_chosen_on_upstream_stand_ins_then_used(monkeypatch, tmp
     assert "--gin.TARGETS=['t']" in generalize[-1]
     choice = json.loads((tmp_path / "run" / "relearn_rate" / "lr_choice.json").read_text())
     assert choice["chosen"] == 3e-05 and choice["gains"]["3e-05"]["mean"] == pytest.approx(0.2)
+    times = json.loads((tmp_path / "run" / "stage_times.json").read_text())
+    assert list(times) == ["generalize", "index_model", "relearn_rate/lr_0.0001", "relearn_rate/lr_1e-05",
+                           "relearn_rate/lr_3e-05"]
+    assert "| **total** |" in (tmp_path / "run" / "stage_times.md").read_text()
