@@ -10,6 +10,7 @@ in force, each written atomically.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -57,6 +58,15 @@ class EvalExample:
                 if same(choice):
                     return i
         return None
+
+
+def majority_rate(examples: Sequence[EvalExample]) -> float | None:
+    """The accuracy of always answering the most frequent gold position among the answer
+    choices, over the examples whose gold is one of them (None: no such example)."""
+    labels = [e.label for e in examples if e.label is not None]
+    if not labels:
+        return None
+    return collections.Counter(labels).most_common(1)[0][1] / len(labels)
 
 
 # Greedy decoding stops at EOS or after this many tokens, whatever the labels: 99.8% of the gold

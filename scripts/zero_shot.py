@@ -51,14 +51,6 @@ SETS = {"Table-1 targets (test)": ("test", TABLE1),
 PUBLISHED = {"BART0": 40.38, "T0-3B": 41.33}
 
 
-def majority_rate(examples: Sequence[evaluate.EvalExample]) -> float | None:
-    """The accuracy of always answering the most frequent gold position (None: no labels)."""
-    labels = [e.label for e in examples if e.label is not None]
-    if not labels:
-        return None
-    return collections.Counter(labels).most_common(1)[0][1] / len(labels)
-
-
 def evaluation_examples(task: str, split: str, max_examples: int, max_input_length: int
                         ) -> tuple[list[evaluate.EvalExample], object]:
     """The first `max_examples` examples of the split (validation: those unseen in training)."""
@@ -95,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
                 config, params, examples, vocabulary, mesh=mesh, batch_size=args.batch_size,
                 desc=f"{args.name} {name}:{split}")
             results.update(task=f"recross.{name}", split=split, model_dir=args.model_dir,
-                           step=step, majority=majority_rate(examples),
+                           step=step, majority=evaluate.majority_rate(examples),
                            max_input_length=args.max_input_length)
             io_utils.write_json_atomic(path, results)
 

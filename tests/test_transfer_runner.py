@@ -136,7 +136,7 @@ def test_resume_after_an_interruption_is_identical_and_reruns_nothing_finished(
         finished, model_dir, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     calls = []
-    target_stage = transfer_runner._Runner.target_stage  # pylint: disable=protected-access
+    target_stage = transfer_runner.Runner.target_stage
 
     def interrupted(self, params, target, seed):
         if len(calls) == 4:  # two baselines and two cells are done
@@ -144,15 +144,15 @@ def test_resume_after_an_interruption_is_identical_and_reruns_nothing_finished(
         calls.append((target, seed))
         return target_stage(self, params, target, seed)
 
-    monkeypatch.setattr(transfer_runner._Runner, "target_stage", interrupted)  # pylint: disable=protected-access
+    monkeypatch.setattr(transfer_runner.Runner, "target_stage", interrupted)
     with pytest.raises(KeyboardInterrupt):
         transfer_runner.run(SOURCES, TARGETS, model_dir, out, CONFIG, progress=False)
     assert len(cell_values(out)) == 2 and not os.path.exists(os.path.join(out, transfer_runner.SCORES_FILE))
 
     fits = []
-    fit = transfer_runner._Runner.fit  # pylint: disable=protected-access
-    monkeypatch.setattr(transfer_runner._Runner, "target_stage", target_stage)  # pylint: disable=protected-access
-    monkeypatch.setattr(transfer_runner._Runner, "fit",  # pylint: disable=protected-access
+    fit = transfer_runner.Runner.fit
+    monkeypatch.setattr(transfer_runner.Runner, "target_stage", target_stage)
+    monkeypatch.setattr(transfer_runner.Runner, "fit",
                         lambda self, params, name, *a: fits.append(name) or fit(self, params, name, *a))
     records = transfer_runner.run(SOURCES, TARGETS, model_dir, out, CONFIG, progress=False)
     # Left: seed 1's three cells (its two sources, two baselines, three target stages) and
@@ -163,7 +163,7 @@ def test_resume_after_an_interruption_is_identical_and_reruns_nothing_finished(
     full_out, full_records = finished
     assert records == full_records and cell_values(out) == cell_values(full_out)
 
-    monkeypatch.setattr(transfer_runner._Runner, "fit",  # pylint: disable=protected-access
+    monkeypatch.setattr(transfer_runner.Runner, "fit",
                         lambda *a: pytest.fail("fine-tuned for a finished cell"))
     assert transfer_runner.run(SOURCES, TARGETS, model_dir, out, CONFIG, progress=False) == records
 

@@ -1,4 +1,5 @@
-"""`recross taskshop score | evaluate | select | transfer`: TaskShop (Kim et al., 2023) from the command line.
+"""`recross taskshop score | evaluate | select | transfer | multitask`: TaskShop (Kim et al., 2023)
+from the command line.
 
 - `score`: F(s→t) for TaskWeb's tasks from a few prompted examples of each (Retrieval-of-Experts
   with all-MiniLM-L6-v2, or an upstream model's own embeddings), written as a score file
@@ -14,9 +15,13 @@
 - `transfer`: measure the pairwise transfer s → t by fine-tuning the upstream model
   (`transfer_runner`; resumable), write it in TaskWeb's transfer format and compare it with
   TaskWeb's by Spearman's ρ.
+- `multitask`: TaskWeb's Table 3: fine-tune the backbone on a mixture of the top-k sources by
+  TaskShop, TaskWeb's own top k, random k, the bottom k or all sources, and score it zero-shot
+  on each target (`multitask`; resumable).
 
 Settings not given as flags come from gin (`taskshop_cli.settings`, see gin/runs/taskshop.gin;
-`transfer_runner.TransferConfig`, see gin/runs/transfer.gin). Bad input (an unknown task, too
+`transfer_runner.TransferConfig`, see gin/runs/transfer.gin; `multitask.MultitaskConfig`, see
+gin/runs/multitask.gin). Bad input (an unknown task, too
 few examples, a malformed score file) ends with one line and exit code 2.
 """
 from __future__ import annotations
@@ -410,6 +415,16 @@ def _transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _multitask(args: argparse.Namespace) -> int:
+    from recross_jax.selection import multitask  # pylint: disable=import-outside-toplevel
+    cfg = multitask.MultitaskConfig()
+    results = multitask.run(_task_list(args.targets), args.model_dir, args.out, cfg,
+                            progress=not args.no_progress, on_start=gin_utils.write_config)
+    print(multitask.table_markdown(results, cfg), end="")
+    print(f"\nwrote {multitask.RESULTS_FILE} and {multitask.TABLE_FILE} to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _task_list(value: str) -> list[str]:
     return [name.strip() for name in value.split(",") if name.strip()]
 
@@ -480,6 +495,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="module registering tasks (repeatable; default: the project's)")
     sub.add_argument("--no_progress", action="store_true", help="no progress bar")
     sub.set_defaults(handler=_transfer)
+
+    help_text = ("multi-task selection (Table 3): fine-tune on the sources each condition picks, "
+                 "score zero-shot on the targets (resumable; gin/runs/multitask.gin)")
+    sub = commands.add_parser("multitask", help=help_text, description=help_text)
+    gin_utils.add_gin_flags(sub)
+    sub.add_argument("--model_dir", required=True, help="the backbone to fine-tune")
+    sub.add_argument("--targets", required=True, help="comma-separated TaskWeb targets (cb, rte, ...)")
+    sub.add_argument("--out", required=True, help="the run directory (an existing one resumes)")
+    sub.add_argument("--tasks_module", action="append", default=None,
+                     help="module registering tasks (repeatable; default: the project's)")
+    sub.add_argument("--no_progress", action="store_true", help="no progress bar")
+    sub.set_defaults(handler=_multitask)
     return parser
 
 
@@ -490,10 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Their configurables (the TaskWeb directory, the vocabulary) exist before gin parses.
         import tasks.jsonl  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
         import tasks.vocab  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    if args.action == "transfer":
-        # TransferConfig is configurable once its module is imported; the tasks are registered.
+    if args.action in ("transfer", "multitask"):
+        # The configs are configurable once their modules are imported; the tasks are registered.
         from recross_jax import task_modules  # pylint: disable=import-outside-toplevel
-        from recross_jax.selection import transfer_runner  # noqa: F401  pylint: disable=W0611,C0415
+        from recross_jax.selection import multitask, transfer_runner  # noqa: F401  pylint: disable=W0611,C0415
         task_modules.import_task_modules(args.tasks_module)
     gin_utils.parse_gin_flags(args)
     if args.action == "select":

@@ -204,26 +204,41 @@ def check_inputs(sources: Sequence[str], targets: Sequence[str], model_dir: str,
         raise UserError("no pair to measure: every source is its target")
     names = {}
     for name in list(sources) + list(targets):
-        if not name or os.sep in name or name.startswith("."):
-            raise UserError(f"task name {name!r} cannot name a directory of the run")
+        check_dir_name(name)
         names[name] = resolve_task(name)
     needed = {(name, cfg.train_split) for name in names}
     needed |= {(name, cfg.eval_split) for name in targets}
+    check_splits(names, needed)
+    check_run_dirs(model_dir, out_dir, os.path.join(out_dir, SETTINGS_FILE), _settings(cfg, model_dir))
+    return names
+
+
+def check_dir_name(name: str) -> str:
+    """`name` if it can name a directory of a run (no separator, no leading dot)."""
+    if not name or os.sep in name or name.startswith("."):
+        raise UserError(f"task name {name!r} cannot name a directory of the run")
+    return name
+
+
+def check_splits(tasks: Mapping[str, str], needed: Sequence[tuple[str, str]] | set) -> None:
+    """A UserError for the first (name, split) of `needed` whose task (`tasks[name]`) lacks it."""
     for name, split in sorted(needed):
-        splits = corpus.get_provider(names[name]).splits
+        splits = corpus.get_provider(tasks[name]).splits
         if split not in splits:
-            raise UserError(f"task {name!r} ({names[name]}) has no split {split!r} (it has: "
+            raise UserError(f"task {name!r} ({tasks[name]}) has no split {split!r} (it has: "
                             f"{', '.join(splits)})")
+
+
+def check_run_dirs(model_dir: str, out_dir: str, settings_path: str, settings: Mapping) -> None:
+    """The model directory exists with a model config, `out_dir` is no file, and a resumed
+    run's settings file (if any) records `settings`."""
     if not os.path.isdir(model_dir):
         raise UserError(f"model directory not found: {model_dir}")
     checkpoints.read_model_config(model_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"output directory {out_dir} is a file")
-    settings_path = os.path.join(out_dir, SETTINGS_FILE)
     if os.path.exists(settings_path):
-        _check_same_settings(read_json_object(settings_path, "transfer run settings"),
-                             _settings(cfg, model_dir), settings_path)
-    return names
+        check_same_settings(read_json_object(settings_path, "run settings"), settings, settings_path)
 
 
 def _settings(cfg: TransferConfig, model_dir: str) -> dict:
@@ -232,7 +247,9 @@ def _settings(cfg: TransferConfig, model_dir: str) -> dict:
     return {**values, "model_dir": os.path.abspath(model_dir)}
 
 
-def _check_same_settings(recorded: Mapping, current: Mapping, path: str) -> None:
+def check_same_settings(recorded: Mapping, current: Mapping, path: str) -> None:
+    """A UserError naming the first setting of `current` that `recorded` (a resumed run's
+    settings file at `path`) holds otherwise."""
     for key, value in current.items():
         if recorded.get(key) != value:
             raise UserError(f"{path} records {key} = {recorded.get(key)!r}, not {value!r}: resume "
@@ -242,8 +259,9 @@ def _check_same_settings(recorded: Mapping, current: Mapping, path: str) -> None
 # ----------------------------------------------------------------------------- the run
 
 
-class _Runner:
-    """The upstream model and each task's examples, loaded once; fine-tunes and scores."""
+class Runner:
+    """The upstream model and each task's examples, loaded once; fine-tunes and scores (also
+    what `multitask.py` trains its mixtures with)."""
 
     def __init__(self, model_dir: str, tasks: Mapping[str, str], cfg: TransferConfig, out_dir: str):
         self.mesh = partitioning.create_mesh(devices=jax.devices()[:1])  # fine-tunes' small batches
@@ -261,23 +279,36 @@ class _Runner:
             estimators.check_examples(name, self._rows[name], 1)
         return estimators.sample(self._rows[name], n, seed, name)
 
-    def fit(self, params: Any, name: str, rows: Sequence[dict], epochs: int, seed: int) -> Any:
-        """`params` fine-tuned on `rows` of task `name`."""
+    def tokenize(self, name: str, rows: Sequence[dict]) -> list[finetune.TokenPair]:
+        """`rows` of task `name` as (input ids, target ids), with that task's vocabulary."""
         vocabulary = corpus.get_provider(self.tasks[name]).output_features["targets"].vocabulary
-        pairs = finetune.tokenize_rows(rows, vocabulary, self.cfg.max_input_length,
-                                       self.cfg.max_target_length)
+        return finetune.tokenize_rows(rows, vocabulary, self.cfg.max_input_length,
+                                      self.cfg.max_target_length)
+
+    def fit_pairs(self, params: Any, pairs: Sequence[finetune.TokenPair], epochs: int, seed: int
+                  ) -> Any:
+        """`params` fine-tuned on tokenized `pairs` (one stage of the config, under `seed`)."""
         params, _ = finetune.finetune(self.config, params, pairs, self.cfg.stage(epochs, seed),
                                       mesh=self.mesh)
         return params
 
-    def score(self, params: Any, target: str) -> float:
-        """p: the config's metric of `params` on the target's evaluation examples."""
+    def fit(self, params: Any, name: str, rows: Sequence[dict], epochs: int, seed: int) -> Any:
+        """`params` fine-tuned on `rows` of task `name`."""
+        return self.fit_pairs(params, self.tokenize(name, rows), epochs, seed)
+
+    def eval_examples(self, target: str) -> tuple[list[evaluate.EvalExample], Any]:
+        """The target's evaluation examples (the first `max_eval_examples` of `eval_split`)
+        and their vocabulary, loaded once."""
         if target not in self._eval:
             self._eval[target] = evaluate.load_examples(
                 self.tasks[target], self.cfg.eval_split, max_examples=self.cfg.max_eval_examples,
                 max_input_length=self.cfg.max_input_length,
                 max_target_length=self.cfg.max_target_length)
-        examples, vocabulary = self._eval[target]
+        return self._eval[target]
+
+    def score(self, params: Any, target: str) -> float:
+        """p: the config's metric of `params` on the target's evaluation examples."""
+        examples, vocabulary = self.eval_examples(target)
         results, _, _ = evaluate.evaluate_params(
             self.config, params, examples, vocabulary, mesh=self.mesh,
             batch_size=self.cfg.eval_batch_size, decode=self.cfg.metric != "accuracy", progress=False)
@@ -333,7 +364,7 @@ def run(sources: Sequence[str], targets: Sequence[str], model_dir: str, out_dir:
                     path = cell_path(out_dir, source, target, seed)
                     if not os.path.isfile(path):
                         bar.set_postfix_str(f"{source} -> {target}, seed {seed}")
-                        runner = runner or _Runner(model_dir, tasks, cfg, out_dir)
+                        runner = runner or Runner(model_dir, tasks, cfg, out_dir)
                         start = time.perf_counter()
                         if source_params is None:
                             source_rows = runner.sample(source, cfg.n_source, seed)
