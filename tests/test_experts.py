@@ -2,11 +2,14 @@
 the expert library with Retrieval-of-Experts, and merging."""
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
+import os
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import pytest
@@ -14,9 +17,10 @@ import tiny_bert
 import tiny_models
 from flax import traverse_util
 
-from recross_jax import cli, finetune, models, partitioning, training
+from recross_jax import cli, finetune, gin_utils, models, partitioning, training
 from recross_jax.errors import UserError
 from recross_jax.experts import checkpoint, expert, library, merging
+from recross_jax.experts import cli as experts_cli
 from recross_jax.models import Bert2BertConfig, T5Config, adapters
 from tasks import vocab
 
@@ -27,6 +31,7 @@ TINY_B2B = Bert2BertConfig(vocab_size=64, hidden_size=16, num_encoder_layers=1,
                            max_position_embeddings=32, decoder_start_token_id=1)
 FAMILIES = pytest.mark.parametrize("config", [TINY_T5, TINY_B2B], ids=["t5", "bert2bert"])
 REDUCTION = 4
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAIRS = [([5, 6, 7, 8, 1], [9, 10, 1]), ([11, 12, 1], [13, 1]), ([14, 15, 16, 1], [17, 18, 1]),
          ([19, 20, 21, 1], [22, 1])]
 # A high rate so that a few steps visibly move the trained parameters.
@@ -98,10 +103,15 @@ def test_bad_adapter_reduction_is_a_user_error():
 # Frozen-backbone training.
 
 
+OWNED = pytest.mark.parametrize("owned", [
+    adapters.ExpertParams(layer_norms=False), adapters.ExpertParams(layer_norms=True),
+    adapters.ExpertParams(layer_norms=True, cross_attention=True)],
+    ids=["adapters", "adapters+norms", "adapters+norms+cross"])
+
+
 @FAMILIES
-@pytest.mark.parametrize("layer_norms", [False, True], ids=["adapters", "adapters+norms"])
-def test_training_moves_only_the_experts_own_parameters(config, layer_norms):
-    owned = adapters.ExpertParams(layer_norms=layer_norms)
+@OWNED
+def test_training_moves_only_the_experts_own_parameters(config, owned):
     backbone = backbone_of(config)
     adapted, start = expert.start_expert(backbone, REDUCTION)
     trained, history = finetune.finetune(adapted, start, PAIRS,
@@ -113,8 +123,24 @@ def test_training_moves_only_the_experts_own_parameters(config, layer_norms):
             assert not np.array_equal(value, before[path]), path
         else:  # the frozen backbone, bit for bit
             assert value.tobytes() == before[path].tobytes(), path
-    assert any(adapters.is_layer_norm(tuple(p.split("/"))) for p in after
-               if owned(tuple(p.split("/")))) == layer_norms
+    mine = [tuple(p.split("/")) for p in after if owned(tuple(p.split("/")))]
+    assert any(adapters.is_layer_norm(p) for p in mine) == owned.layer_norms
+    assert any(adapters.is_cross_attention(p) for p in mine) == owned.cross_attention
+
+
+@FAMILIES
+def test_cross_attention_is_the_decoders_attention_over_the_encoder_only(config):
+    paths = [tuple(p.split("/")) for p in flat(backbone_of(config).params)]
+    cross = {"/".join(p[:3]) for p in paths if adapters.is_cross_attention(p)}
+    name = "cross_attention" if config.family == "bert2bert" else "encoder_decoder_attention"
+    assert cross == {f"decoder/layers_0/{name}"}
+    # Its layer norm stays a layer norm (owned with `layer_norms`), not cross-attention.
+    norms = [p for p in paths if "cross_attention" in "/".join(p) and adapters.is_layer_norm(p)]
+    assert norms and not any(adapters.is_cross_attention(p) for p in norms)
+    owned = adapters.ExpertParams(layer_norms=False, cross_attention=True)
+    assert adapters.ExpertParams.from_dict(owned.to_dict()) == owned
+    assert adapters.ExpertParams.from_dict({"layer_norms": True}) == adapters.ExpertParams(
+        cross_attention=False)
 
 
 def test_a_frozen_optimizers_state_shardings_match_its_state():
@@ -143,23 +169,32 @@ def test_train_expert_returns_only_what_the_expert_owns():
 # Expert checkpoints.
 
 
-def trained_expert(backbone: expert.Backbone, seed: int = 1):
-    """The expert parameters of fresh adapters (seeded) plus the backbone's layer norms."""
+def trained_expert(backbone: expert.Backbone, seed: int = 1,
+                   owned: adapters.ExpertParams = adapters.ExpertParams()):
+    """The expert parameters of fresh adapters (seeded) plus the backbone's other parameters
+    that `owned` names (the cross-attention shifted, so that it differs from the backbone's)."""
     _, params = expert.start_expert(backbone, REDUCTION, seed)
-    return adapters.split(params, adapters.ExpertParams())[0]
+    mine = adapters.split(params, owned)[0]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.5 if adapters.is_cross_attention(tuple(k.key for k in path))
+        else x, mine)
 
 
 @FAMILIES
-def test_expert_checkpoint_round_trip(tmp_path, config):
+@OWNED
+def test_expert_checkpoint_round_trip(tmp_path, config, owned):
     backbone = backbone_of(config)
-    params = trained_expert(backbone)
+    params = trained_expert(backbone, owned=owned)
     checkpoint.save_expert(str(tmp_path / "e"), "cosmos_qa/no_prompt", backbone, REDUCTION,
-                           params, adapters.ExpertParams(), metadata={"steps": 3})
+                           params, owned, metadata={"steps": 3})
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["expert.json", "params.npz"]
     manifest = checkpoint.read_manifest(str(tmp_path / "e"))
     assert manifest["backbone"] == {"config": config.to_dict(),
                                     "fingerprint": backbone.fingerprint}
     assert manifest["name"] == "cosmos_qa/no_prompt" and manifest["metadata"] == {"steps": 3}
+    assert (manifest["layer_norms"], manifest["cross_attention"]) == (owned.layer_norms,
+                                                                      owned.cross_attention)
+    assert checkpoint.owned_params(manifest) == owned
     # Small: the expert's own parameters only.
     assert set(manifest["params"]) == set(flat(params))
     adapted, loaded = checkpoint.load_expert(str(tmp_path / "e"), backbone)
@@ -168,6 +203,31 @@ def test_expert_checkpoint_round_trip(tmp_path, config):
     assert flat(loaded).keys() == expected.keys()
     for path, value in flat(loaded).items():
         np.testing.assert_array_equal(value, expected[path], err_msg=path)
+    # An expert owning the cross-attention brings its own; others keep the backbone's.
+    base = flat(backbone.params)
+    changed = [path for path, value in flat(loaded).items()
+               if adapters.is_cross_attention(tuple(path.split("/")))
+               and not np.array_equal(value, base[path])]
+    assert bool(changed) == owned.cross_attention
+
+
+def test_manifests_without_cross_attention_load_as_before(tmp_path):
+    backbone = backbone_of(TINY_B2B)
+    directory = str(tmp_path / "e")
+    owned = adapters.ExpertParams(cross_attention=False)
+    checkpoint.save_expert(directory, "e", backbone, REDUCTION,
+                           trained_expert(backbone, owned=owned), owned)
+    path = tmp_path / "e" / checkpoint.MANIFEST
+    manifest = json.loads(path.read_text())
+    del manifest["cross_attention"]  # as written before the option existed
+    path.write_text(json.dumps(manifest))
+    assert checkpoint.owned_params(checkpoint.read_manifest(directory)) == owned
+    checkpoint.load_expert(directory, backbone)
+    # Parameters that do not match what the manifest says the expert owns are refused.
+    manifest["cross_attention"] = True
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="lacks parameter 'decoder/layers_0/cross_attention"):
+        checkpoint.load_expert(directory, backbone)
 
 
 def test_loading_onto_another_backbone_is_refused(tmp_path):
@@ -337,6 +397,45 @@ def test_tune_lambda_picks_the_best_held_out_score():
     assert list(scores) == list(merging.LAMBDA_GRID)
     # Equal scores: the first λ of the grid.
     assert merging.tune_lambda(pre, tuned, lambda p: 0.0, grid=(0.5, 0.2))[0] == 0.5
+
+
+def test_merge_averages_what_the_experts_own_and_refuses_mixed_kinds(tmp_path):
+    backbone = backbone_of(TINY_B2B)
+    crossed = adapters.ExpertParams(cross_attention=True)
+    made = {}
+    for name, seed, owned in (("a", 1, crossed), ("b", 2, crossed),
+                              ("c", 3, adapters.ExpertParams(cross_attention=False))):
+        made[name] = trained_expert(backbone, seed, owned)
+        checkpoint.save_expert(str(tmp_path / name), name, backbone, REDUCTION, made[name], owned)
+    result = experts_cli.merge(backbone, [str(tmp_path / "a"), str(tmp_path / "b")],
+                               str(tmp_path / "ab"), "ab")
+    assert result["merged"] == ["a", "b"]
+    assert checkpoint.owned_params(checkpoint.read_manifest(str(tmp_path / "ab"))) == crossed
+    _, merged = checkpoint.load_expert(str(tmp_path / "ab"), backbone)
+    a, b, m = flat(made["a"]), flat(made["b"]), flat(merged)
+    assert set(a) == set(b) and any(adapters.is_cross_attention(tuple(p.split("/"))) for p in a)
+    for path in a:
+        np.testing.assert_allclose(m[path], (a[path] + b[path]) / 2, rtol=1e-6, err_msg=path)
+    with pytest.raises(UserError, match="cannot merge experts of different"):
+        experts_cli.merge(backbone, [str(tmp_path / "a"), str(tmp_path / "c")],
+                          str(tmp_path / "ac"), "ac")
+
+
+def test_experts_gin_binds_every_setting_it_names():
+    path = os.path.join(REPO, "gin", "runs", "experts.gin")
+    bound = {}
+    for line in open(path, encoding="utf-8"):
+        code = line.split("#", 1)[0].strip()
+        if code:
+            key, value = (part.strip() for part in code.split("=", 1))
+            bound[key.removeprefix("experts.settings.")] = ast.literal_eval(value)
+    gin_utils.parse([path], [])
+    try:
+        cfg = experts_cli.settings()
+    finally:
+        gin.clear_config()
+    assert bound and {key: cfg[key] for key in bound} == bound
+    assert set(cfg) - set(bound) == {"embedder_dir"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ An expert directory holds `params.npz` (the adapters and, when trained, the laye
 by '/'-joined parameter paths) and `expert.json`, written last (each file atomically), so a
 directory with a manifest is complete:
 
-    {"format", "name", "family", "adapter_reduction", "layer_norms",
+    {"format", "name", "family", "adapter_reduction", "layer_norms", "cross_attention",
      "backbone": {"config": <the backbone's config dict>, "fingerprint": <sha256 of its params>},
      "params": {path: shape}, "metadata": {...}}
 
@@ -46,7 +46,7 @@ def save_expert(directory: str, name: str, backbone: Backbone, reduction: int,
             np.savez(f, **flat)
     write_json_atomic(os.path.join(directory, MANIFEST), {
         "format": FORMAT, "name": name, "family": backbone.config.family,
-        "adapter_reduction": reduction, "layer_norms": owned.layer_norms,
+        "adapter_reduction": reduction, **owned.to_dict(),
         "backbone": {"config": backbone.config.to_dict(), "fingerprint": backbone.fingerprint},
         "params": {path: list(value.shape) for path, value in flat.items()},
         "metadata": dict(metadata or {})})
@@ -64,6 +64,12 @@ def read_manifest(directory: str) -> dict:
         raise UserError(f"expert manifest {path} has format {manifest['format']!r}, expected "
                         f"{FORMAT!r}")
     return manifest
+
+
+def owned_params(manifest: Mapping[str, Any]) -> adapters.ExpertParams:
+    """What the expert of `manifest` owns (no `cross_attention` entry, as in manifests written
+    before it existed: not the cross-attention)."""
+    return adapters.ExpertParams.from_dict(dict(manifest))
 
 
 def load_expert(directory: str, backbone: Backbone) -> tuple[ModelConfig, Any]:
@@ -88,7 +94,7 @@ def load_expert(directory: str, backbone: Backbone) -> tuple[ModelConfig, Any]:
                         f"{str(trained_on.get('fingerprint'))[:12]}..., these are "
                         f"{backbone.fingerprint[:12]}...")
     reduction = manifest["adapter_reduction"]
-    owned = adapters.ExpertParams(layer_norms=bool(manifest["layer_norms"]))
+    owned = owned_params(manifest)
     path = os.path.join(directory, PARAMS)
     try:
         with np.load(path) as data:

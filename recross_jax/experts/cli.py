@@ -19,13 +19,14 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from typing import Any, Sequence
 
 import gin
 import jax
 
 # evaluate registers gin configurables, so it is imported before gin parses the flags.
-from recross_jax import checkpoints, evaluate, gin_utils, partitioning, task_modules
+from recross_jax import checkpoints, evaluate, finetune, gin_utils, partitioning, task_modules
 from recross_jax.errors import UserError
 from recross_jax.experts import checkpoint, expert, library, merging
 from recross_jax.models import adapters
@@ -35,6 +36,7 @@ MERGED = "merged"
 
 @gin.configurable(module="experts")
 def settings(reduction: int = adapters.DEFAULT_REDUCTION, layer_norms: bool = True,
+             cross_attention: bool = expert.ELM_FINETUNE.trainable.cross_attention,
              learning_rate: float = 1e-4, epochs: int = 5, batch_size: int = 8,
              max_examples: int = 50_000, instances_per_expert: int = library.INSTANCES_PER_EXPERT,
              queries_per_target: int = library.QUERIES_PER_TARGET, seed: int = 0,
@@ -45,6 +47,8 @@ def settings(reduction: int = adapters.DEFAULT_REDUCTION, layer_norms: bool = Tr
     Args:
       reduction: the adapters' r (width d / r).
       layer_norms: experts also train (and own) the layer norms.
+      cross_attention: experts also train (and own) the decoder's cross-attention (see
+        `adapters.ExpertParams`).
       learning_rate, epochs, batch_size: the expert's training (constant rate, AdamW).
       max_examples: training examples per expert at most (the split's first ones).
       instances_per_expert: S, each expert's keys in the library.
@@ -53,103 +57,149 @@ def settings(reduction: int = adapters.DEFAULT_REDUCTION, layer_norms: bool = Tr
       max_input_length, max_target_length: token limits of inputs and targets.
       embedder_dir: a sentence-transformers directory to embed with; None: all-MiniLM-L6-v2.
     """
-    return dict(reduction=reduction, layer_norms=layer_norms, learning_rate=learning_rate,
+    return dict(reduction=reduction, layer_norms=layer_norms, cross_attention=cross_attention,
+                learning_rate=learning_rate,
                 epochs=epochs, batch_size=batch_size, max_examples=max_examples,
                 instances_per_expert=instances_per_expert, queries_per_target=queries_per_target,
                 seed=seed, max_input_length=max_input_length, max_target_length=max_target_length,
                 embedder_dir=embedder_dir)
 
 
-def _examples(task: str, split: str, cfg: dict, max_examples: int) -> list:
+def examples_of(task: str, split: str, cfg: dict, max_examples: int | None
+                ) -> list[evaluate.EvalExample]:
+    """The first `max_examples` examples of a task's split, cut to `cfg`'s token limits."""
     return evaluate.load_examples(task, split, max_examples=max_examples,
                                   max_input_length=cfg["max_input_length"],
                                   max_target_length=cfg["max_target_length"])[0]
 
 
-def _rows(examples: Sequence[Any]) -> list[dict]:
+def rows_of(examples: Sequence[Any]) -> list[dict]:
+    """The library's view of examples: their inputs and answer choices."""
     return [{"inputs": e.inputs, "answer_choices": e.answer_choices} for e in examples]
 
 
-def _backbone(model_dir: str) -> expert.Backbone:
+def load_backbone(model_dir: str) -> expert.Backbone:
+    """The backbone saved in a model directory (its latest checkpoint)."""
     config, params = checkpoints.restore_model(model_dir)
     return expert.Backbone.of(config, params)
 
 
-def _embedder(cfg: dict) -> library.Embedder:
+def make_embedder(cfg: dict) -> library.Embedder:
+    """The library's sentence embedder: `cfg['embedder_dir']`, or all-MiniLM-L6-v2."""
     from recross_jax.retrieval import sentence  # pylint: disable=import-outside-toplevel
     if cfg["embedder_dir"] is None:
         return sentence.SentenceEmbedder.from_minilm(progress=False)
     return sentence.SentenceEmbedder.from_dir(cfg["embedder_dir"], progress=False)
 
 
-def _train(args: argparse.Namespace, cfg: dict) -> dict:
-    name = args.name or f"{args.task}:{args.split}"
-    manifest_path = os.path.join(args.out, checkpoint.MANIFEST)
-    if os.path.isfile(manifest_path):
-        manifest = checkpoint.read_manifest(args.out)
-        if manifest["name"] != name:
-            raise UserError(f"{args.out} holds expert {manifest['name']!r}, not {name!r}; "
-                            "choose another --out")
-        return {"expert": name, "out": args.out, "resumed": True}
-    backbone = _backbone(args.backbone)
-    examples = _examples(args.task, args.split, cfg, cfg["max_examples"])
-    owned = adapters.ExpertParams(layer_norms=cfg["layer_norms"])
-    training_settings = dataclasses.replace(
+def owned(cfg: dict) -> adapters.ExpertParams:
+    """What experts of the settings `cfg` own."""
+    return adapters.ExpertParams(layer_norms=cfg["layer_norms"],
+                                 cross_attention=cfg["cross_attention"])
+
+
+def training_settings(cfg: dict) -> finetune.FinetuneConfig:
+    """ELM's expert training (`expert.ELM_FINETUNE`) with the settings `cfg`."""
+    return dataclasses.replace(
         expert.ELM_FINETUNE, learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
-        epochs=cfg["epochs"], seed=cfg["seed"], trainable=owned)
+        epochs=cfg["epochs"], seed=cfg["seed"], trainable=owned(cfg))
+
+
+def trained(out: str, name: str) -> dict | None:
+    """What `train` returned for the expert `name` already saved in `out`, or None if `out`
+    holds no expert (one of another name is an error)."""
+    if not os.path.isfile(os.path.join(out, checkpoint.MANIFEST)):
+        return None
+    manifest = checkpoint.read_manifest(out)
+    if manifest["name"] != name:
+        raise UserError(f"{out} holds expert {manifest['name']!r}, not {name!r}; "
+                        "choose another --out")
+    return {"expert": name, "out": out, "resumed": True, **manifest.get("metadata", {})}
+
+
+def train(backbone: expert.Backbone, task: str, split: str, out: str, name: str,
+          cfg: dict) -> dict:
+    """Trains the expert `name` on the first `cfg['max_examples']` examples of a task's split
+    and saves it in `out`; an expert already there is kept (resume)."""
+    done = trained(out, name)
+    if done is not None:
+        return done
+    examples = examples_of(task, split, cfg, cfg["max_examples"])
     pairs = [(e.input_tokens, e.target_tokens) for e in examples]
-    params, history = expert.train_expert(backbone, pairs, cfg["reduction"], training_settings)
-    metadata = {"task": args.task, "split": args.split, "examples": len(pairs),
-                "steps": len(history), "final_loss": float(history[-1]["loss"])}
-    checkpoint.save_expert(args.out, name, backbone, cfg["reduction"], params, owned, metadata)
-    return {"expert": name, "out": args.out, **metadata}
+    start = time.perf_counter()
+    params, history = expert.train_expert(backbone, pairs, cfg["reduction"],
+                                          training_settings(cfg))
+    metadata = {"task": task, "split": split, "examples": len(pairs), "steps": len(history),
+                "final_loss": float(history[-1]["loss"]),
+                "train_seconds": round(time.perf_counter() - start, 1)}
+    checkpoint.save_expert(out, name, backbone, cfg["reduction"], params, owned(cfg), metadata)
+    return {"expert": name, "out": out, **metadata}
 
 
-def _library(args: argparse.Namespace, cfg: dict) -> dict:
-    if not args.experts:
+def build_library(expert_dirs: Sequence[str], cfg: dict,
+                  embedder: library.Embedder | None = None) -> library.ExpertLibrary:
+    """The library of the experts in `expert_dirs`, in that order: S of the examples each was
+    trained on (its manifest's task and split, the first `cfg['max_examples']`)."""
+    if not expert_dirs:
         raise UserError("no expert directories given (--experts): the library would be empty")
-    embedder = _embedder(cfg)
+    embedder = embedder or make_embedder(cfg)
     lib = library.ExpertLibrary.empty(embedder, cfg["instances_per_expert"])
-    for directory in args.experts:
+    for directory in expert_dirs:
         manifest = checkpoint.read_manifest(directory)
         source = manifest.get("metadata", {})
         if "task" not in source:
             raise UserError(f"expert {directory} names no training task; it cannot be indexed")
-        examples = _examples(source["task"], source.get("split", "train"), cfg,
-                             cfg["max_examples"])
-        lib.add(manifest["name"], _rows(examples), embedder, seed=cfg["seed"])
+        examples = examples_of(source["task"], source.get("split", "train"), cfg,
+                               cfg["max_examples"])
+        lib.add(manifest["name"], rows_of(examples), embedder, seed=cfg["seed"])
+    return lib
+
+
+def merge(backbone: expert.Backbone, expert_dirs: Sequence[str], out: str, name: str) -> dict:
+    """Saves the uniform average of the experts in `expert_dirs` (one backbone, one kind of
+    expert) as the expert `name` in `out`."""
+    if not expert_dirs:
+        raise UserError("no expert directories given (--experts): nothing to merge")
+    manifests = [checkpoint.read_manifest(d) for d in expert_dirs]
+    kinds = {(m["adapter_reduction"], checkpoint.owned_params(m)) for m in manifests}
+    if len(kinds) > 1:
+        raise UserError("cannot merge experts of different adapter_reduction, layer_norms or "
+                        "cross_attention")
+    reduction, owned_by_all = kinds.pop()
+    trees = [adapters.split(checkpoint.load_expert(d, backbone)[1], owned_by_all)[0]
+             for d in expert_dirs]
+    names = [m["name"] for m in manifests]
+    checkpoint.save_expert(out, name, backbone, reduction, merging.average(trees),
+                           owned_by_all, {"merged": names})
+    return {"expert": name, "merged": names, "out": out}
+
+
+def _train(args: argparse.Namespace, cfg: dict) -> dict:
+    name = args.name or f"{args.task}:{args.split}"
+    return (trained(args.out, name)
+            or train(load_backbone(args.backbone), args.task, args.split, args.out, name, cfg))
+
+
+def _library(args: argparse.Namespace, cfg: dict) -> dict:
+    lib = build_library(args.experts, cfg)
     lib.save(args.out)
     return {"experts": lib.experts, "keys": int(sum(lib.counts)), "out": args.out}
 
 
 def _retrieve(args: argparse.Namespace, cfg: dict) -> dict:
     lib = library.ExpertLibrary.load(args.library)
-    examples = _examples(args.task, args.split, cfg, cfg["queries_per_target"])
-    result = lib.retrieve(_rows(examples), _embedder(cfg))
+    examples = examples_of(args.task, args.split, cfg, cfg["queries_per_target"])
+    result = lib.retrieve(rows_of(examples), make_embedder(cfg))
     return {"task": args.task, "expert": result.expert, "votes": result.votes}
 
 
 def _merge(args: argparse.Namespace, cfg: dict) -> dict:
     del cfg
-    if not args.experts:
-        raise UserError("no expert directories given (--experts): nothing to merge")
-    backbone = _backbone(args.backbone)
-    manifests = [checkpoint.read_manifest(d) for d in args.experts]
-    reductions = {m["adapter_reduction"] for m in manifests}
-    norms = {m["layer_norms"] for m in manifests}
-    if len(reductions) > 1 or len(norms) > 1:
-        raise UserError("cannot merge experts of different adapter_reduction or layer_norms")
-    owned = adapters.ExpertParams(layer_norms=norms.pop())
-    trees = [adapters.split(checkpoint.load_expert(d, backbone)[1], owned)[0]
-             for d in args.experts]
-    names = [m["name"] for m in manifests]
-    checkpoint.save_expert(args.out, args.name or MERGED, backbone, reductions.pop(),
-                           merging.average(trees), owned, {"merged": names})
-    return {"expert": args.name or MERGED, "merged": names, "out": args.out}
+    return merge(load_backbone(args.backbone), args.experts, args.out, args.name or MERGED)
 
 
 def _eval(args: argparse.Namespace, cfg: dict) -> dict:
-    backbone = _backbone(args.backbone)
+    backbone = load_backbone(args.backbone)
     config, params = (checkpoint.load_expert(args.expert, backbone) if args.expert
                       else (backbone.config, backbone.params))
     examples, vocabulary = evaluate.load_examples(
