@@ -22,6 +22,7 @@ Q), `fs_recross_mix` (Q ∪ R) and `fs_recross_2stage` (R, then Q).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import zlib
@@ -223,6 +224,7 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
               "upsample_ratio": upsample_ratio, "aggregation": aggregation,
               "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
               "finetune": dataclasses.asdict(finetune_config), "model_dir": os.path.abspath(model_dir)}
+    recorded_config = json.loads(json.dumps(config))  # as a run JSON holds it
     with tqdm(total=len(jobs), desc="generalize", unit="run", disable=not progress) as bar:
         for target in targets:
             examples, pipeline.vocabulary = evaluate.load_examples(
@@ -236,7 +238,7 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                     test = unseen_by(query_set, examples)
                     path = os.path.join(out_dir, "runs", target, method, f"query_set_{query_set.index}.json")
                     if os.path.isfile(path):
-                        records.append(_read_json(path))
+                        records.append(_resumed(path, recorded_config))
                         bar.update()
                         continue
                     bar.set_postfix_str(f"{target} {method} q{query_set.index}")
@@ -347,7 +349,14 @@ def _run_method(pipeline: Pipeline, method: str, query_set: QuerySet,
             "retrieved_tasks": [r["task"] for r in retrieved], "time": times}
 
 
-def _read_json(path: str) -> dict:
-    import json  # pylint: disable=import-outside-toplevel
+def _resumed(path: str, config: dict) -> dict:
+    """The finished run at `path`, if it was made with `config`; a run of other settings in the
+    same directory would mix into the results unseen, so it is refused."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        record = json.load(f)
+    recorded = record.get("config", {})
+    changed = sorted(key for key in config if recorded.get(key) != config[key])
+    if changed:
+        raise UserError(f"{path} holds a run made with other settings ({', '.join(changed)}); "
+                        "resume with the same settings or choose another OUT_DIR")
+    return record

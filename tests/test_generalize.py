@@ -91,6 +91,12 @@ def test_every_method_writes_valid_json_and_resumes(setup, capsys, monkeypatch):
     # Re-running skips every finished run (nothing is re-learned).
     monkeypatch.setattr(generalize.Pipeline, "relearn", lambda *a: pytest.fail("re-learned a finished run"))
     assert cli.main(generalize_args(root, model_dir, "out", methods)) == 0
+    # A run of other settings in the directory is refused, not mixed into the results.
+    capsys.readouterr()
+    assert cli.main(generalize_args(root, model_dir, "out", methods, "--gin.NUM_RETRIEVED=5")) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("recross: error: ")
+    assert "holds a run made with other settings (num_retrieved)" in last
 
 
 def test_sbert_and_recross_with_a_trained_reranker(setup, tmp_path, monkeypatch):
