@@ -167,6 +167,20 @@ def test_bad_targets(model_dir, tmp_path, targets, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_target_without_answer_choices_fails_before_training(model_dir, tmp_path, monkeypatch):
+    def examples(split):
+        for i in range(12):
+            yield common.make_example(inputs=f"say {i}", targets=str(i), answer_choices=[],
+                                      task="mt.gen", template="plain",
+                                      example_id=common.example_id("mt.gen", split, "plain", i))
+    common.register_task("mt.gen", examples)
+    monkeypatch.setattr(transfer_runner.Runner, "fit_pairs", lambda *a: pytest.fail("trained"))
+    with pytest.raises(UserError, match="target 'cb' \\(mt.gen\\): none of its 8 evaluation examples"):
+        multitask.run(["rte", "cb"], model_dir, str(tmp_path / "out"), TINY,
+                      task_of=lambda n: "mt.gen" if n == "cb" else f"mt.{n}", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unregistered_source_task(model_dir, tmp_path):
     with pytest.raises(UserError, match="its examples' task 'none.cb' is not registered"):
         multitask.run(["cb"], model_dir, str(tmp_path / "out"), TINY, task_of=lambda n: f"none.{n}",

@@ -260,6 +260,16 @@ def run_cell(runner: transfer_runner.Runner, target: str, condition: str, cfg: M
             "seconds": time.perf_counter() - start}
 
 
+def check_scorable(runner: transfer_runner.Runner, target: str) -> None:
+    """A UserError, before anything is trained, unless some evaluation example of `target` has
+    its gold among its answer choices (rank classification scores nothing otherwise)."""
+    examples, _ = runner.eval_examples(target)
+    if not any(e.label is not None for e in examples):
+        raise UserError(f"target {target!r} ({runner.tasks[target]}): none of its {len(examples)} "
+                        "evaluation examples has its gold among answer choices, so rank "
+                        "classification cannot score it")
+
+
 def run(targets: Sequence[str], model_dir: str, out_dir: str, cfg: MultitaskConfig = MultitaskConfig(),
         *, task_of: Callable[[str], str] | None = None, progress: bool = True,
         on_start: Callable[[str], None] | None = None) -> dict:
@@ -268,19 +278,21 @@ def run(targets: Sequence[str], model_dir: str, out_dir: str, cfg: MultitaskConf
     of its examples (default `source_task`); `on_start(out_dir)` runs once the directory exists."""
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     tasks = check_inputs(targets, model_dir, out_dir, cfg, task_of)
+    jobs = [(t, c, k) for t in targets for k in cfg.seeds for c in cfg.conditions]
+    missing = [job for job in jobs if not os.path.isfile(cell_path(out_dir, *job))]
+    runner = transfer_runner.Runner(model_dir, tasks, cfg.runner_config(), out_dir) if missing else None
+    for target in dict.fromkeys(t for t, _, _ in missing):
+        check_scorable(runner, target)
     os.makedirs(out_dir, exist_ok=True)
     write_json_atomic(os.path.join(out_dir, SETTINGS_FILE), _settings(cfg, model_dir, tasks))
     if on_start:
         on_start(out_dir)
-    runner = None
     cells = []
-    jobs = [(t, c, k) for t in targets for k in cfg.seeds for c in cfg.conditions]
     with tqdm(total=len(jobs), desc="multitask", unit="cell", disable=not progress) as bar:
         for target, condition, seed in jobs:
             path = cell_path(out_dir, target, condition, seed)
             if not os.path.isfile(path):
                 bar.set_postfix_str(f"{target}: {condition}, seed {seed}")
-                runner = runner or transfer_runner.Runner(model_dir, tasks, cfg.runner_config(), out_dir)
                 write_json_atomic(path, run_cell(runner, target, condition, cfg, seed))
             cells.append(read_json_object(path, "multitask cell", ("accuracy", "sources")))
             bar.update()
