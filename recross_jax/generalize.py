@@ -33,7 +33,7 @@ import numpy as np
 
 from recross_jax import checkpoints, corpus, evaluate, finetune, partitioning
 from recross_jax.errors import UserError
-from recross_jax.io_utils import write_json_atomic
+from recross_jax.io_utils import sha256_file, write_json_atomic
 from recross_jax.retrieval import baselines, indexing
 
 METHODS = ("base", "random", "sbert", "recross_dense", "recross")
@@ -223,7 +223,8 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
     config = {"num_queries": num_queries, "num_retrieved": num_retrieved,
               "upsample_ratio": upsample_ratio, "aggregation": aggregation,
               "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
-              "finetune": dataclasses.asdict(finetune_config), "model_dir": os.path.abspath(model_dir)}
+              "finetune": dataclasses.asdict(finetune_config), "model_dir": os.path.abspath(model_dir),
+              "reranker_sha256": _reranker_sha256(reranker_dir)}
     recorded_config = json.loads(json.dumps(config))  # as a run JSON holds it
     with tqdm(total=len(jobs), desc="generalize", unit="run", disable=not progress) as bar:
         for target in targets:
@@ -347,6 +348,16 @@ def _run_method(pipeline: Pipeline, method: str, query_set: QuerySet,
     times["evaluate"] = time.perf_counter() - start
     return {"metrics": metrics, "retrieved_ids": [r["example_id"] for r in retrieved],
             "retrieved_tasks": [r["task"] for r in retrieved], "time": times}
+
+
+def _reranker_sha256(reranker_dir: str | None) -> str | None:
+    """The digest of a reranker's record (rewritten whenever it is trained again), so runs of
+    another reranker in the same directory are not resumed as this one's."""
+    if not reranker_dir:
+        return None
+    from recross_jax.rerank import cross_encoder  # pylint: disable=import-outside-toplevel
+    path = os.path.join(reranker_dir, cross_encoder.RERANKER_FILE)
+    return sha256_file(path) if os.path.isfile(path) else None
 
 
 def _resumed(path: str, config: dict) -> dict:

@@ -128,6 +128,13 @@ def test_sbert_and_recross_with_a_trained_reranker(setup, tmp_path, monkeypatch)
         tasks = set(record["retrieved_tasks"])
         assert all(t.startswith(PREFIX + ".") for t in tasks) and f"{PREFIX}.target_mc" not in tasks
         assert ("rerank" in record["time"]) == (method == "recross")
+    # A reranker trained again is another reranker: its old runs are not resumed as its own.
+    record_file = tmp_path / "reranker" / cross_encoder.RERANKER_FILE
+    record_file.write_text(record_file.read_text() + "\n")
+    assert cli.main(generalize_args(root, model_dir, "more", ["sbert", "recross"], "--gin.NUM_QUERY_SETS=1",
+                                    f"--gin.SBERT_INDEX_DIR='{tmp_path / 'sbert'}'",
+                                    f"--gin.RERANKER_DIR='{tmp_path / 'reranker'}'",
+                                    "--gin.UPSAMPLE_RATIO=2.0")) == 2
 
 
 def test_random_is_seeded_and_relearning_changes_the_model(setup, monkeypatch):
