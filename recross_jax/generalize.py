@@ -219,24 +219,30 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                         num_partitions, max_input_length, max_target_length, eval_batch_size,
                         length_normalize, decode)
     records = []
-    jobs = [(t, m, q) for t in targets for m in methods for q in range(num_query_sets)]
+    jobs = [(q, t, m) for q in range(num_query_sets) for t in targets for m in methods]
     config = {"num_queries": num_queries, "num_retrieved": num_retrieved,
               "upsample_ratio": upsample_ratio, "aggregation": aggregation,
               "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
               "finetune": dataclasses.asdict(finetune_config), "model_dir": os.path.abspath(model_dir),
               "reranker_sha256": _reranker_sha256(reranker_dir)}
     recorded_config = json.loads(json.dumps(config))  # as a run JSON holds it
+    # Query sets outermost, so a study stopped early holds every target and method on its first
+    # query sets rather than some targets complete and others missing.
+    prepared = {}
+    for target in targets:
+        examples, vocabulary = evaluate.load_examples(
+            target, eval_split, max_examples=max_eval_examples, max_input_length=max_input_length,
+            max_target_length=max_target_length)
+        prepared[target] = examples, vocabulary, target_query_sets(
+            target, query_split, {e.inputs for e in examples}, num_query_sets, num_queries, seed)
+    base_metrics: dict[tuple[str, ...], dict] = {}  # by test set: query sets may share one
     with tqdm(total=len(jobs), desc="generalize", unit="run", disable=not progress) as bar:
-        for target in targets:
-            examples, pipeline.vocabulary = evaluate.load_examples(
-                target, eval_split, max_examples=max_eval_examples, max_input_length=max_input_length,
-                max_target_length=max_target_length)
-            query_sets = target_query_sets(target, query_split, {e.inputs for e in examples},
-                                           num_query_sets, num_queries, seed)
-            base_metrics: dict[tuple[str, ...], dict] = {}  # by test set: query sets may share one
-            for method in methods:
-                for query_set in query_sets:
-                    test = unseen_by(query_set, examples)
+        for index in range(num_query_sets):
+            for target in targets:
+                examples, pipeline.vocabulary, query_sets = prepared[target]
+                query_set = query_sets[index]
+                test = unseen_by(query_set, examples)
+                for method in methods:
                     path = os.path.join(out_dir, "runs", target, method, f"query_set_{query_set.index}.json")
                     if os.path.isfile(path):
                         records.append(_resumed(path, recorded_config))
@@ -251,7 +257,7 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                                         f"query set {query_set.index}")
                     if method == "base":
                         start = time.perf_counter()
-                        test_ids = tuple(e.example_id for e in test)
+                        test_ids = (target, *(e.example_id for e in test))
                         if test_ids not in base_metrics:
                             base_metrics[test_ids] = pipeline.evaluate(pipeline.params, test)
                         record.update(metrics=base_metrics[test_ids], retrieved_ids=[], retrieved_tasks=[])

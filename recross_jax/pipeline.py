@@ -65,7 +65,7 @@ class PipelineConfig:
     # Upstream tasks standing in for targets to choose relearn_learning_rate from
     # relearn_rate_grid on (`relearn_rate.py`; stage relearn_rate/, 2 query sets); () keeps it.
     relearn_rate_tasks: tuple[str, ...] = ()
-    relearn_rate_grid: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4)
+    relearn_rate_grid: tuple[float, ...] = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
     # Named subsets of targets reported on their own as well (report_<name>/), e.g. Table 1's
     # targets and Table 2's when one study runs both.
     report_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()

@@ -44,7 +44,12 @@ def markdown(by_rate: Mapping[float, Mapping], chosen: float, metric: str) -> st
     lines = [f"Gain of ReCross† over base ({metric}, points) on upstream stand-ins (validation).", "",
              "| learning rate | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
     for rate in sorted(by_rate):
-        cells = [f"{100 * by_rate[rate]['per_task'][t]:+.2f}" for t in tasks]
+        cells = [_points(by_rate[rate]['per_task'][t]) for t in tasks]
         mark = " (chosen)" if rate == chosen else ""
-        lines.append(f"| {rate:g}{mark} | " + " | ".join(cells) + f" | {100 * by_rate[rate]['mean']:+.2f} |")
+        lines.append(f"| {rate:g}{mark} | " + " | ".join(cells) + f" | {_points(by_rate[rate]['mean'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _points(gain: float) -> str:
+    """A gain in signed points; a float's rounding residue prints as +0.00, not -0.00."""
+    return f"{round(100 * gain, 2) + 0.0:+.2f}"
