@@ -96,6 +96,14 @@ def test_tuples_follow_algorithm_1(setup, mined):
         # the groups of one round tie, so there are more than one.
         assert 1 < len(set(scores.values())) <= 16
         assert max(scores[i] for i in pos) < min(scores[i] for i in neg)
+        # Each round's losses are kept: their mean is the score, and within a round the
+        # candidates take at most one value per group.
+        rounds = record["round_scores"]
+        assert rounds.keys() == scores.keys()
+        assert all(len(v) == SETTINGS["num_rounds"] for v in rounds.values())
+        np.testing.assert_allclose([np.mean(rounds[i]) for i in scores], list(scores.values()), rtol=1e-12)
+        for r in range(SETTINGS["num_rounds"]):
+            assert len({v[r] for v in rounds.values()}) <= SETTINGS["num_groups"]
 
 
 def test_heldout_rows_drop_raw_examples_of_the_train_split(monkeypatch):

@@ -24,8 +24,9 @@ exactly the tuples an uninterrupted one would):
 
 One JSON line per tuple is appended to the output file (flushed and fsynced):
 `{"index", "task", "queries", "positives", "negatives", "query_ids", "positive_ids",
-"negative_ids", "heldout_ids", "candidate_scores": {id: score}, "seed", "config_hash"}`;
-`cross_encoder.train_reranker` reads `queries`, `positives` and `negatives`.
+"negative_ids", "heldout_ids", "candidate_scores": {id: score}, "round_scores": {id: [score per
+round]}, "seed", "config_hash"}`; `cross_encoder.train_reranker` reads `queries`, `positives`
+and `negatives`, and `reliability` measures from the rounds how reliable the scores are.
 
 The group fine-tunes of a round run at once (`parallel=True`): the copies' train states are
 stacked on a leading axis, the pure train step of `training.make_train_step` is `jax.vmap`ped
@@ -254,17 +255,18 @@ class _StackedPrograms:
 def score_candidates(finetuner: GroupFinetuner, pairs: Sequence[TokenPair],
                      heldout: Sequence[TokenPair], plans: Sequence[Sequence[Group]],
                      on_round: Callable[[], None] | None = None) -> np.ndarray:
-    """Algorithm 1, steps 3-4: each candidate's held-out loss, averaged over the rounds."""
+    """Algorithm 1, step 3: each candidate's held-out loss in each round [rounds, candidates]
+    (step 4 averages them over the rounds)."""
     shape = finetune.padded_shape(pairs, finetuner.finetune_config.batch_size, None)
-    scores = np.zeros(len(pairs))
-    for plan in plans:
+    scores = np.zeros((len(plans), len(pairs)))
+    for number, plan in enumerate(plans):
         losses = finetuner.heldout_losses([[pairs[i] for i in g.members] for g in plan],
                                           [g.seed for g in plan], heldout, shape)
         for group, loss in zip(plan, losses):
-            scores[list(group.members)] += loss
+            scores[number, list(group.members)] = loss
         if on_round is not None:
             on_round()
-    return scores / len(plans)
+    return scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,10 +353,12 @@ class _Miner:
                                                s.max_target_length)
         plans = plan_rounds(len(candidates), s.num_groups, s.num_rounds, rng)
         scores = score_candidates(self.finetuner, pairs, heldout_pairs, plans, on_round)
-        by_id: dict[str, list[float]] = collections.defaultdict(list)
-        for row, score in zip(candidates, scores):
-            by_id[row["example_id"]].append(float(score))
-        candidate_scores = {i: float(np.mean(v)) for i, v in by_id.items()}
+        by_id: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+        for row, column in zip(candidates, scores.T):
+            by_id[row["example_id"]].append(column)
+        # A repeated candidate's loss in a round: the mean over its occurrences.
+        round_scores = {i: np.mean(v, axis=0).tolist() for i, v in by_id.items()}
+        candidate_scores = {i: float(np.mean(v)) for i, v in round_scores.items()}
         # Stable sort: ties keep RZ order (a group's members always tie).
         ranked = sorted(candidate_scores, key=candidate_scores.__getitem__)
         positives = ranked[:s.num_queries]
@@ -367,7 +371,8 @@ class _Miner:
                 "query_ids": [q["example_id"] for q in queries],
                 "positive_ids": positives, "negative_ids": negatives,
                 "heldout_ids": [h["example_id"] for h in heldout],
-                "candidate_scores": candidate_scores, "seed": s.seed, "config_hash": s.hash()}
+                "candidate_scores": candidate_scores, "round_scores": round_scores,
+                "seed": s.seed, "config_hash": s.hash()}
 
     def _candidates(self, task: str, queries: list[str]) -> tuple[list[dict], int]:
         """RZ: the top candidates of the queries outside `task` (reranked when a reranker is
