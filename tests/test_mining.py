@@ -165,6 +165,12 @@ def test_group_scores_equal_separate_finetunes(setup):
             expected = finetune.example_losses(config, tuned, heldout, batch_size=4).mean()
             assert loss == pytest.approx(float(expected), abs=1e-5)
         assert np.ptp(losses) > 1e-3  # the groups really differ
+    # Without dropout a one-example group's loss is the same whatever its seed; with it, not.
+    for dropout, same in ((False, True), (True, False)):
+        finetuner = mining.GroupFinetuner(config, params, FAST, parallel=True, eval_batch_size=4,
+                                          dropout=dropout)
+        losses = finetuner.heldout_losses([pairs[:1], pairs[:1]], [1, 2], heldout)
+        assert (abs(losses[0] - losses[1]) < 1e-6) == same, (dropout, losses)
 
 
 def test_resume_after_kill_equals_uninterrupted_run(setup, mined, monkeypatch):

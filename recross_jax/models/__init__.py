@@ -8,6 +8,7 @@ incremental decoding, logical axis names), and both configs say their `family` a
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Union
 
 import flax.linen as nn
@@ -26,7 +27,7 @@ FAMILIES: dict[str, tuple[type, type[nn.Module]]] = {
 }
 
 __all__ = ["FAMILIES", "Bert2BertConfig", "ModelConfig", "T5Config", "build", "config_from_dict",
-           "init_params"]
+           "init_params", "without_dropout"]
 
 
 def config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
@@ -40,6 +41,12 @@ def config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
 def build(config: ModelConfig) -> nn.Module:
     """The network of `config`'s family."""
     return FAMILIES[config.family][1](config)
+
+
+def without_dropout(config: ModelConfig) -> ModelConfig:
+    """`config` with every dropout probability 0: the same parameters, a deterministic network."""
+    return dataclasses.replace(config, **{f.name: 0.0 for f in dataclasses.fields(config)
+                                          if "dropout" in f.name})
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> Any:

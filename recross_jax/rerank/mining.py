@@ -97,10 +97,12 @@ class GroupFinetuner:
 
     def __init__(self, config: ModelConfig, params: Any,
                  finetune_config: finetune.FinetuneConfig = GROUP_FINETUNE,
-                 parallel: bool = True, num_partitions: int = 1, eval_batch_size: int = 50):
+                 parallel: bool = True, num_partitions: int = 1, eval_batch_size: int = 50,
+                 dropout: bool = True):
         if eval_batch_size < 1:
             raise UserError(f"eval_batch_size must be positive, got {eval_batch_size}")
-        self.config = config
+        # Without dropout a group's held-out loss depends on its members and batch order only.
+        self.config = config if dropout else models.without_dropout(config)
         self.params = params
         self.finetune_config = finetune_config
         self.parallel = parallel
@@ -285,9 +287,13 @@ class _Settings:
     max_input_length: int
     max_target_length: int
     seed: int
+    group_dropout: bool = True
 
     def hash(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        values = dataclasses.asdict(self)
+        if values["group_dropout"]:  # added later: the default hashes as before, so older tuples resume
+            del values["group_dropout"]
+        text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -312,7 +318,7 @@ class _Miner:
             from recross_jax.rerank import cross_encoder  # pylint: disable=import-outside-toplevel
             self.reranker = cross_encoder.load_reranker(reranker_dir)
         self.finetuner = GroupFinetuner(config, params, finetune_config, parallel, num_partitions,
-                                        eval_batch_size)
+                                        eval_batch_size, settings.group_dropout)
 
     def _eligible_tasks(self) -> list[str]:
         s = self.settings
@@ -397,7 +403,7 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
          finetune_config: finetune.FinetuneConfig = GROUP_FINETUNE, parallel: bool = True,
          reranker_dir: str | None = None, upsample_ratio: float = 2.0,
          max_input_length: int = 256, max_target_length: int = 64, eval_batch_size: int = 50,
-         num_partitions: int = 1, seed: int = 0, progress: bool = True,
+         num_partitions: int = 1, seed: int = 0, group_dropout: bool = True, progress: bool = True,
          on_start: Callable[[str], object] | None = None) -> list[dict]:
     """Mines `num_tuples` tuples into the JSONL file `out`, resuming the tuples already there.
 
@@ -405,9 +411,10 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
     brackets there): |Zq| `num_queries`, |Hq| `num_heldout`, |RZ| `num_candidates`, the rounds
     and groups, the group fine-tune `finetune_config` (its `seed` is replaced per group). With
     `reranker_dir` (a further iteration), `upsample_ratio * num_candidates` examples are
-    retrieved and the trained reranker keeps the top `num_candidates` as RZ. `on_start(dir)`
-    runs once the inputs are validated and the output directory exists (the CLI writes
-    config.gin there).
+    retrieved and the trained reranker keeps the top `num_candidates` as RZ. `group_dropout=False`
+    fine-tunes the groups without dropout, so a group's held-out loss depends on its members and
+    batch order alone (less noise in the labels; see `reliability`). `on_start(dir)` runs once
+    the inputs are validated and the output directory exists (the CLI writes config.gin there).
 
     Returns:
       All the tuples of `out` (resumed and new), in order.
@@ -424,7 +431,7 @@ def mine(model_dir: str, index_dir: str, out: str, num_tuples: int, *,
     settings = _Settings(num_queries, num_heldout, num_candidates, num_rounds, num_groups,
                          aggregation, _config_dict(finetune_config), bool(reranker_dir),
                          float(upsample_ratio) if reranker_dir else 1.0, max_input_length,
-                         max_target_length, seed)
+                         max_target_length, seed, group_dropout)
     if os.path.isdir(out):
         raise UserError(f"OUT {out} is a directory; give the tuples file's path")
     indexing.check_index(index_dir, "model", model_dir)
