@@ -34,20 +34,29 @@ def load_runs(results_dir: str, targets: Sequence[str] | None = None,
     """Every run JSON under `results_dir` (recursively), sorted by target, method, query set;
     only those of `targets`, `methods` and query sets below `num_query_sets` where given (a
     results directory may hold runs of an earlier, larger configuration)."""
+    if num_query_sets is not None and (isinstance(num_query_sets, bool) or num_query_sets < 1):
+        raise UserError(f"num_query_sets must be a positive integer, got {num_query_sets!r}")
     paths = sorted(glob.glob(os.path.join(results_dir, "**", "*.json"), recursive=True))
-    runs = []
+    found = []
     for path in paths:
         with open(path, encoding="utf-8") as f:
             run = json.load(f)
-        if not {"target", "method", "query_set", "metrics"} <= run.keys():
-            continue
-        if ((targets is None or run["target"] in targets) and (methods is None or run["method"] in methods)
-                and (num_query_sets is None or run["query_set"] < num_query_sets)):
-            runs.append(run)
+        if {"target", "method", "query_set", "metrics"} <= run.keys():
+            found.append(run)
+    if not found:
+        raise UserError(f"no run results (JSON with target, method, query_set, metrics) under {results_dir}")
+    for kind, wanted in (("target", targets), ("method", methods)):
+        present = {run[kind] for run in found}
+        missing = [name for name in wanted or () if name not in present]
+        if missing:
+            raise UserError(f"no runs of {kind} {missing[0]!r} under {results_dir} "
+                            f"(its {kind}s: {', '.join(sorted(present))})")
+    runs = [run for run in found
+            if (targets is None or run["target"] in targets) and (methods is None or run["method"] in methods)
+            and (num_query_sets is None or run["query_set"] < num_query_sets)]
     if not runs:
-        raise UserError(f"no run results (JSON with target, method, query_set, metrics) under {results_dir}"
-                        + (" for the targets, methods and query sets asked for"
-                           if (targets, methods, num_query_sets) != (None, None, None) else ""))
+        raise UserError(f"no runs of the targets and methods asked for under {results_dir} in query "
+                        f"sets below {num_query_sets}")
     return sorted(runs, key=lambda r: (r["target"], _method_rank(r["method"]), r["query_set"]))
 
 

@@ -199,6 +199,8 @@ def main() -> None:
                         "ablations (|Q|, |R|, µ, a group removed) into <out>/release/ablations")
     args = parser.parse_args()
     try:
+        if args.ablations and "release" not in args.splits:
+            raise UserError("--ablations change the release study: add release to --splits")
         configs = [dataclasses.replace(
             SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
             upstream_model_dir=None if name == "control" else args.upstream_model_dir,

@@ -232,6 +232,16 @@ def not_sentencepiece(world: World) -> str:
     return path
 
 
+def generalize_runs(world: World) -> str:
+    """A results directory with one base run (as `recross generalize` writes them)."""
+    path = world.path("generalize_runs", "runs", f"{PREFIX}.mc_task", "base", "query_set_0.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"target": f"{PREFIX}.mc_task", "method": "base", "query_set": 0,
+                   "metrics": {"accuracy": 0.5, "soft_em": 0.4}}, f)
+    return world.path("generalize_runs")
+
+
 def bad_tuples(world: World) -> str:
     path = world.path("bad_tuples.jsonl")
     with open(path, "w", encoding="utf-8") as f:
@@ -426,6 +436,18 @@ CASES = [
     Case("report: missing results",
          lambda w: ["report", "--results", w.path("no_results"), "--out", w.path("report_out")],
          "no_results", lambda w: w.path("report_out")),
+    Case("report: unknown method",
+         lambda w: ["report", "--results", generalize_runs(w), "--out", w.path("report_out"),
+                    "--methods", "base", "magic"],
+         "no runs of method 'magic'", lambda w: w.path("report_out")),
+    Case("report: unknown target",
+         lambda w: ["report", "--results", generalize_runs(w), "--out", w.path("report_out"),
+                    "--targets", "no.such_target"],
+         "no runs of target 'no.such_target'", lambda w: w.path("report_out")),
+    Case("report: no query sets",
+         lambda w: ["report", "--results", generalize_runs(w), "--out", w.path("report_out"),
+                    "--num_query_sets", "0"],
+         "num_query_sets must be a positive integer, got 0", lambda w: w.path("report_out")),
     Case("data show: unknown task",
          lambda w: ["data", "show", "no.such.task", "--tasks_module", "tasks.common"],
          "unknown task or mixture", lambda w: w.root),

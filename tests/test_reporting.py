@@ -72,8 +72,13 @@ def test_load_runs_selects_targets_methods_and_query_sets(tmp_path):
         reporting.summarize(reporting.load_runs(str(tmp_path)))
     summary = reporting.write_report(str(tmp_path), str(tmp_path / "report"), num_query_sets=3)
     assert summary["base"]["per_task"]["cb"]["n"] == 3
-    with pytest.raises(UserError, match="for the targets, methods and query sets asked for"):
-        reporting.load_runs(str(tmp_path), targets=["copa"])
+    # A target or method with no runs is named, not silently left out of the tables.
+    with pytest.raises(UserError, match=r"no runs of target 'copa' under .* \(its targets: cb, wic\)"):
+        reporting.load_runs(str(tmp_path), targets=["cb", "copa"])
+    with pytest.raises(UserError, match="no runs of method 'sbert'"):
+        reporting.load_runs(str(tmp_path), methods=["sbert"])
+    with pytest.raises(UserError, match="num_query_sets must be a positive integer, got 0"):
+        reporting.load_runs(str(tmp_path), num_query_sets=0)
 
 
 def test_retrieval_distribution_counts_over_query_sets(tmp_path):

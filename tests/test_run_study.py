@@ -105,3 +105,14 @@ def test_positive_control_table_has_the_family_share_and_scores(tmp_path):
     assert rows["recross_dense"]["accuracy"]["mean"] == pytest.approx(0.7)
     assert "| recross_dense | 75.0% | 70.00 ± 10.00 |" in table
     assert "| base | – | 60.00 ± 10.00 |" in table
+
+
+def test_ablations_without_the_release_split_are_refused(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("sys.argv", ["run_study.py", "--out", str(tmp_path / "study"), "--splits",
+                                     "control", "--ablations"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_study.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: --ablations change the release study: add release to --splits\n"
+    assert not (tmp_path / "study").exists()
