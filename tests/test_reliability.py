@@ -67,6 +67,23 @@ def test_tuples_without_rounds_are_refused():
         reliability.summarize([])
 
 
+def test_agreement_of_two_minings_of_the_same_tuples():
+    ours = record({"a": [1.0, 1.0], "b": [2.0, 2.0], "c": [3.0, 3.0], "d": [4.0, 4.0]})
+    theirs = record({"a": [2.0, 2.0], "b": [1.0, 1.0], "c": [3.0, 3.0], "d": [4.0, 4.0]}, ("b",), ("d",))
+    for r in (ours, theirs):
+        r["query_ids"] = ["q1", "q2"]
+    result = reliability.agreement([ours], [theirs])
+    row, = result["tuples"]
+    # Ranks 1 2 3 4 against 2 1 3 4: ρ = 1 - 6 * (1 + 1) / (4 * 15) = 0.8.
+    assert row["spearman"] == pytest.approx(0.8)
+    assert row["positive_overlap"] == 0.0 and row["negative_overlap"] == 1.0
+    assert "| **median** | | | 0.80 | 0.00 | 1.00 |" in reliability.agreement_markdown(result)
+    with pytest.raises(UserError, match="tuple 0 was drawn differently"):
+        reliability.agreement([ours], [{**theirs, "query_ids": ["q3"]}])
+    with pytest.raises(UserError, match="share no tuple"):
+        reliability.agreement([ours], [{**theirs, "index": 7}])
+
+
 def run_script(*args):
     return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "mining_reliability.py"), *args],
                           capture_output=True, text=True, cwd=REPO, check=False,

@@ -6,7 +6,8 @@ its mates' (noise). Splitting a tuple's rounds into two halves (even and odd rou
 correlating the halves' mean scores over the candidates (Spearman) measures that noise; the
 Spearman-Brown formula projects the correlation to all the tuple's rounds, or to any other
 number of rounds. The positives and negatives each half would pick, and their overlap, show
-how stable the labels the reranker learns from are.
+how stable the labels the reranker learns from are. `agreement` compares two minings of the
+same tuples (e.g. other group sizes): whether they rank the same candidates alike.
 """
 from __future__ import annotations
 
@@ -86,6 +87,47 @@ def summarize(records: Sequence[Mapping[str, Any]], target: float = 0.8) -> dict
     rounds = rows[0]["rounds"]
     return {"tuples": rows, "median": median, "target": target,
             "rounds_for_target": rounds_needed(median["reliability"], rounds, target)}
+
+
+def agreement(ours: Sequence[Mapping[str, Any]], theirs: Sequence[Mapping[str, Any]]) -> dict:
+    """Per tuple mined in both (same index, task and queries), the Spearman correlation of the
+    two candidate scores over the candidates both scored, and the overlap of their positives
+    and of their negatives; with the medians."""
+    by_index = {r["index"]: r for r in theirs}
+    rows = []
+    for record in ours:
+        other = by_index.get(record["index"])
+        if other is None:
+            continue
+        if (other["task"], other["query_ids"]) != (record["task"], record["query_ids"]):
+            raise UserError(f"tuple {record['index']} was drawn differently in the two minings "
+                            "(another seed or index): nothing to compare")
+        shared = sorted(set(record["candidate_scores"]) & set(other["candidate_scores"]))
+        count = len(record["positive_ids"])
+
+        def overlap(key: str) -> float:
+            return len(set(record[key]) & set(other[key])) / count  # pylint: disable=cell-var-from-loop
+        rows.append({"index": record["index"], "task": record["task"], "candidates": len(shared),
+                     "spearman": _spearman([record["candidate_scores"][i] for i in shared],
+                                           [other["candidate_scores"][i] for i in shared]),
+                     "positive_overlap": overlap("positive_ids"),
+                     "negative_overlap": overlap("negative_ids")})
+    if not rows:
+        raise UserError("the two minings share no tuple")
+    keys = ("spearman", "positive_overlap", "negative_overlap")
+    return {"tuples": rows, "median": {k: float(np.median([row[k] for row in rows])) for k in keys}}
+
+
+def agreement_markdown(result: Mapping[str, Any]) -> str:
+    """`agreement`'s tuples as rows, then the medians."""
+    lines = ["| tuple | task | candidates | Spearman ρ | positives agree | negatives agree |",
+             "|---" * 6 + "|"]
+    lines += [f"| {r['index']} | {r['task']} | {r['candidates']} | {r['spearman']:.2f} | "
+              f"{r['positive_overlap']:.2f} | {r['negative_overlap']:.2f} |" for r in result["tuples"]]
+    m = result["median"]
+    lines.append(f"| **median** | | | {m['spearman']:.2f} | {m['positive_overlap']:.2f} | "
+                 f"{m['negative_overlap']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
