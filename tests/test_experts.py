@@ -445,18 +445,21 @@ TASKS_MODULE = '''
 from tasks import common
 
 
-def register(name, word):
+def register(name, word, templates=("plain",), size=8):
     def examples(split):
-        for i in range(8):
+        for i in range(size):
+            template = templates[i % len(templates)]
             yield common.make_example(
                 inputs=f"the {word} cat of the {common.example_id(name, split, 'p', i)} house",
                 targets="yes" if i % 2 else "no", answer_choices=["yes", "no"], task=name,
-                template="plain", example_id=common.example_id(name, split, "plain", i))
+                template=template, example_id=common.example_id(name, split, template, i))
     common.register_task(name, examples)
 
 
 register("toy_red", "red")
 register("toy_blue", "blue")
+# Prompt experts: 12 examples, 6 of each template (their ids "toy_mixed|train|<template>|#i").
+register("toy_mixed", "green", templates=("plain", "Does it follow?"), size=12)
 '''
 
 

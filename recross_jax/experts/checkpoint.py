@@ -1,10 +1,13 @@
 """Expert checkpoints: only the expert's own parameters, and a manifest naming its backbone.
 
-An expert directory holds `params.npz` (the adapters and, when trained, the layer norms, keyed
-by '/'-joined parameter paths) and `expert.json`, written last (each file atomically), so a
-directory with a manifest is complete:
+An expert directory holds `params.npz` (keyed by '/'-joined parameter paths) and `expert.json`,
+written last (each file atomically), so a directory with a manifest is complete. An adapter
+expert (kind "adapter", the default of manifests without a kind) holds its adapters and what
+else it owns (layer norms, cross-attention); a full fine-tune expert (kind "full") holds every
+parameter of the network:
 
-    {"format", "name", "family", "adapter_reduction", "layer_norms", "cross_attention",
+    {"format", "name", "kind", "family", "adapter_reduction" (null for full),
+     "layer_norms", "cross_attention" (adapter only),
      "backbone": {"config": <the backbone's config dict>, "fingerprint": <sha256 of its params>},
      "params": {path: shape}, "metadata": {...}}
 
@@ -26,30 +29,55 @@ from recross_jax.models import ModelConfig, adapters
 FORMAT = "recross-expert/1"
 MANIFEST = "expert.json"
 PARAMS = "params.npz"
-_REQUIRED = ("format", "name", "family", "adapter_reduction", "layer_norms", "backbone",
-             "params")
+ADAPTER, FULL = "adapter", "full"
+_REQUIRED = ("format", "name", "family", "backbone", "params")
+_REQUIRED_OF_ADAPTERS = ("adapter_reduction", "layer_norms")
 
 
 def save_expert(directory: str, name: str, backbone: Backbone, reduction: int,
                 expert_params: Any, owned: adapters.ExpertParams,
                 metadata: Mapping[str, Any] | None = None) -> None:
-    """Writes the expert `name` (its own parameters, as `train_expert` returns them).
+    """Writes the adapter expert `name` (its own parameters, as `train_expert` returns them).
 
     Raises:
       UserError: `expert_params` are not exactly what an expert of `reduction` and `owned`
         owns on `backbone` (a path missing, extra or of another shape).
     """
     flat = _flat(expert_params)
-    _check_params(flat, backbone, reduction, owned, f"expert {name!r}")
+    _check_params(flat, _shapes(backbone.expert_shapes(reduction, owned)), f"expert {name!r}")
+    _write(directory, flat, {"name": name, "kind": ADAPTER, "adapter_reduction": reduction,
+                             **owned.to_dict()}, backbone, metadata)
+
+
+def save_full_expert(directory: str, name: str, backbone: Backbone, params: Any,
+                     metadata: Mapping[str, Any] | None = None) -> None:
+    """Writes the full fine-tune expert `name`: every parameter of `backbone`'s network.
+
+    Raises:
+      UserError: `params` are not those of `backbone`'s network (a path missing, extra or of
+        another shape).
+    """
+    flat = _flat(params)
+    _check_params(flat, _shapes(backbone.params), f"expert {name!r}")
+    _write(directory, flat, {"name": name, "kind": FULL, "adapter_reduction": None}, backbone,
+           metadata)
+
+
+def _write(directory: str, flat: Mapping[str, np.ndarray], fields: Mapping[str, Any],
+           backbone: Backbone, metadata: Mapping[str, Any] | None) -> None:
     with atomic_path(os.path.join(directory, PARAMS)) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **flat)
     write_json_atomic(os.path.join(directory, MANIFEST), {
-        "format": FORMAT, "name": name, "family": backbone.config.family,
-        "adapter_reduction": reduction, **owned.to_dict(),
+        "format": FORMAT, **fields, "family": backbone.config.family,
         "backbone": {"config": backbone.config.to_dict(), "fingerprint": backbone.fingerprint},
         "params": {path: list(value.shape) for path, value in flat.items()},
         "metadata": dict(metadata or {})})
+
+
+def kind_of(manifest: Mapping[str, Any]) -> str:
+    """"adapter" or "full" (manifests written before full experts existed: "adapter")."""
+    return manifest.get("kind", ADAPTER)
 
 
 def read_manifest(directory: str) -> dict:
@@ -63,6 +91,14 @@ def read_manifest(directory: str) -> dict:
     if manifest["format"] != FORMAT:
         raise UserError(f"expert manifest {path} has format {manifest['format']!r}, expected "
                         f"{FORMAT!r}")
+    if kind_of(manifest) not in (ADAPTER, FULL):
+        raise UserError(f"expert manifest {path} has kind {kind_of(manifest)!r}, expected "
+                        f"{ADAPTER!r} or {FULL!r}")
+    missing = [k for k in _REQUIRED_OF_ADAPTERS if kind_of(manifest) == ADAPTER
+               and k not in manifest]
+    if missing:
+        raise UserError(f"expert manifest {path} is corrupt: an adapter expert's manifest needs "
+                        f"{', '.join(missing)}")
     return manifest
 
 
@@ -73,7 +109,8 @@ def owned_params(manifest: Mapping[str, Any]) -> adapters.ExpertParams:
 
 
 def load_expert(directory: str, backbone: Backbone) -> tuple[ModelConfig, Any]:
-    """(config, parameters) of `backbone` with the expert saved in `directory`.
+    """(config, parameters) of `backbone` with the expert saved in `directory` (a full
+    fine-tune expert: the backbone's config and the expert's parameters).
 
     Raises:
       UserError: no expert there, or one trained on another backbone (another family, config
@@ -93,16 +130,19 @@ def load_expert(directory: str, backbone: Backbone) -> tuple[ModelConfig, Any]:
         raise UserError(f"expert {directory} was trained on another backbone: parameters "
                         f"{str(trained_on.get('fingerprint'))[:12]}..., these are "
                         f"{backbone.fingerprint[:12]}...")
-    reduction = manifest["adapter_reduction"]
-    owned = owned_params(manifest)
     path = os.path.join(directory, PARAMS)
     try:
         with np.load(path) as data:
             flat = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError) as e:
         raise UserError(f"expert {directory} is corrupt: cannot read {path} ({e})") from None
-    _check_params(flat, backbone, reduction, owned, f"expert {directory}")
     params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    if kind_of(manifest) == FULL:
+        _check_params(flat, _shapes(backbone.params), f"expert {directory}")
+        return backbone.config, params
+    reduction = manifest["adapter_reduction"]
+    _check_params(flat, _shapes(backbone.expert_shapes(reduction, owned_params(manifest))),
+                  f"expert {directory}")
     return backbone.expert_config(reduction), backbone.with_expert(params)
 
 
@@ -111,10 +151,13 @@ def _flat(params: Any) -> dict[str, np.ndarray]:
             for path, leaf in traverse_util.flatten_dict(params).items()}
 
 
-def _check_params(flat: Mapping[str, np.ndarray], backbone: Backbone, reduction: int,
-                  owned: adapters.ExpertParams, what: str) -> None:
-    expected = {"/".join(path): tuple(leaf.shape) for path, leaf in
-                traverse_util.flatten_dict(backbone.expert_shapes(reduction, owned)).items()}
+def _shapes(params: Any) -> dict[str, tuple[int, ...]]:
+    return {"/".join(path): tuple(leaf.shape)
+            for path, leaf in traverse_util.flatten_dict(params).items()}
+
+
+def _check_params(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]],
+                  what: str) -> None:
     for path in sorted(set(expected) | set(flat)):
         if path not in flat:
             raise UserError(f"{what} lacks parameter {path!r}")
