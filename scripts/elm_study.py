@@ -8,7 +8,8 @@ upstream model, on the ReCross paper's Table-1 and BIG-bench targets (rank class
         --gin_file=gin/runs/experts.gin --gin.tasks.vocab.vocabulary_path.path=\\"minilm\\"
     python scripts/elm_study.py report --out OUT
 
-`run` trains one dataset expert per `--experts` dataset (train split, `experts.settings`), builds
+`run` trains one dataset expert per `--experts` dataset (train split, `experts.settings`; those
+not trained yet together, in one stacked step when `experts.settings.stacked`), builds
 the library (S instances of each expert's training examples, MiniLM), evaluates the backbone,
 the upstream model and every expert on the first `--max_eval_examples` test examples of each
 target, lets each target's first Q inputs (unlabeled) retrieve an expert, evaluates the uniform
@@ -150,13 +151,15 @@ def run(args: argparse.Namespace) -> None:
     backbone = experts_cli.load_backbone(args.backbone)
 
     def train() -> int:
-        made = 0
-        for dataset, directory in expert_dirs.items():
-            result = experts_cli.train(backbone, args.task_prefix + dataset, "train", directory,
-                                       dataset, cfg)
-            made += not result.get("resumed", False)
-            print(f"expert {dataset}: {result}", file=sys.stderr, flush=True)
-        return made
+        # The experts not trained yet train together (`experts.settings.stacked`).
+        jobs = [experts_cli.Job(directory, dataset, experts_cli.examples_of(
+                    args.task_prefix + dataset, "train", cfg, cfg["max_examples"]),
+                    {"task": args.task_prefix + dataset, "split": "train"})
+                for dataset, directory in expert_dirs.items()
+                if experts_cli.trained(directory, dataset) is None]
+        for result in experts_cli.train_jobs(backbone, jobs, cfg):
+            print(f"expert {result['expert']}: {result}", file=sys.stderr, flush=True)
+        return len(jobs)
     timer.run("train experts", train)
 
     library_dir = _path(args.out, "library")
