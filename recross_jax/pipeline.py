@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -50,8 +51,12 @@ class PipelineConfig:
     feature_lengths: str = "{'inputs': 128, 'targets': 32}"
     sbert_max_length: int = 128
     num_tuples: int = 8
-    mining: tuple[str, ...] = ("num_queries=4", "num_heldout=16", "num_candidates=20", "num_rounds=2",
-                               "num_groups=4")
+    # Mining (gin bindings of mining.mine, then of its group fine-tune): each candidate fine-tuned
+    # alone without dropout at a constant rate, so its label is its own, and one round gives it
+    # (scripts/mining_reliability.py: groups of 5 with dropout needed ~26 rounds for 0.8).
+    mining: tuple[str, ...] = ("num_queries=4", "num_heldout=16", "num_candidates=20", "num_rounds=1",
+                               "num_groups=20", "parallel=False", "group_dropout=False")
+    mining_finetune: tuple[str, ...] = ("schedule='constant'", "warmup_steps=0")
     reranker: tuple[str, ...] = ("epochs=2", "batch_size=16", "learning_rate=2e-5", "warmup_steps=4",
                                  "max_length=256")
     methods: tuple[str, ...] = ("base", "random", "sbert", "recross_dense", "recross")
@@ -145,13 +150,11 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
 
     reranker = None
     if "recross" in cfg.methods and cfg.upsample_ratio > 1:
-        tuples = path("mining", "tuples.jsonl")
+        tuples, reranker = mining_paths(cfg)
         run_stage(out, "mine", ["mine", "--gin_file=gin/runs/mine.gin", f"--gin.MODEL_DIR='{model_dir}'",
                                 f"--gin.INDEX_DIR='{path('index_model')}'", f"--gin.OUT='{tuples}'",
-                                f"--gin.NUM_TUPLES={cfg.num_tuples}",
-                                *(f"--gin.mining.mine.{m}" for m in cfg.mining),
+                                f"--gin.NUM_TUPLES={cfg.num_tuples}", *_mining_bindings(cfg),
                                 *data], tuples)
-        reranker = path("reranker")
         run_stage(out, "reranker", ["reranker", "train", "--gin_file=gin/runs/rerank.gin",
                                     "--tuples", tuples, "--out", reranker,
                                     *(f"--gin.cross_encoder.train_reranker.{r}" for r in cfg.reranker)],
@@ -206,6 +209,20 @@ def choose_relearn_rate(cfg: PipelineConfig, num_query_sets: int = 2) -> float:
     write_text_atomic(os.path.join(out, "lr_choice.md"), table)
     print(f"\n=== relearn_rate: chose {chosen:g} ===\n{table}", flush=True)
     return chosen
+
+
+def _mining_bindings(cfg: PipelineConfig) -> list[str]:
+    return [*(f"--gin.mining.mine.{m}" for m in cfg.mining),
+            *(f"--gin.group/finetune.FinetuneConfig.{m}" for m in cfg.mining_finetune)]
+
+
+def mining_paths(cfg: PipelineConfig) -> tuple[str, str]:
+    """(tuples file, reranker directory) of cfg's mining settings: other settings mine into a
+    file of their own (mining refuses to extend one of other settings) and so train a reranker of
+    their own; more tuples of the same settings extend the file and train a new reranker."""
+    key = hashlib.sha256(json.dumps(_mining_bindings(cfg)).encode()).hexdigest()[:8]
+    return (os.path.join(cfg.out_dir, "mining", key, "tuples.jsonl"),
+            os.path.join(cfg.out_dir, "reranker", f"{key}_{cfg.num_tuples}_tuples"))
 
 
 def model_dir_of(cfg: PipelineConfig) -> str:

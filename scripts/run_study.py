@@ -122,7 +122,7 @@ def run_ablations(cfg: pipeline.PipelineConfig) -> str:
     if cfg.relearn_rate_tasks:
         cfg = dataclasses.replace(cfg, relearn_learning_rate=pipeline.choose_relearn_rate(cfg))
     out = os.path.join(cfg.out_dir, "ablations")
-    reranker = os.path.join(cfg.out_dir, "reranker")
+    reranker = pipeline.mining_paths(cfg)[1]
     main_runs = os.path.join(cfg.out_dir, "generalize")
     metrics = list(reporting.METRICS)
     rows = {"base": ablation_row(main_runs, "base", metrics),

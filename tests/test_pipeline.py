@@ -77,7 +77,7 @@ def test_report_aligns_retrieval_with_measured_transfer_over_upstream_tasks(tmp_
     transfer.write_text(json.dumps(scores))
     cfg = pipeline.PipelineConfig(out_dir=str(tmp_path), upstream="bbrep_upstream", targets=("bbrep.tgt",),
                                   tasks_module="tasks.common", transfer_scores=str(transfer),
-                                  task_prefix="bbrep.")
+                                  task_prefix="bbrep.", methods=("base", "recross"))
     summary = pipeline.report(cfg, str(results), str(tmp_path / "report"))
     assert summary["recross"]["overall"]["mean"] == pytest.approx(0.6)
     assert "| bbrep.tgt | 50.00 ± 0.00 | 60.00 ± 0.00 |" in capsys.readouterr().out
@@ -97,6 +97,14 @@ def test_a_given_upstream_model_replaces_the_upstream_stage(monkeypatch, tmp_pat
     pipeline.run(cfg, show_data=False)
     assert [argv[0] for argv in seen] == ["index", "index", "mine", "reranker", "generalize"]
     assert f"--gin.MODEL_DIR='{upstream}'" in seen[0] and os.environ["RECROSS_VOCAB"] == "minilm"
+    # Mining fine-tunes each candidate alone, without dropout, at a constant rate; the reranker
+    # trains on that mining's tuples.
+    tuples, reranker = pipeline.mining_paths(cfg)
+    assert {"--gin.mining.mine.num_groups=20", "--gin.mining.mine.group_dropout=False",
+            "--gin.group/finetune.FinetuneConfig.schedule='constant'",
+            f"--gin.OUT='{tuples}'"} <= set(seen[2])
+    flags = dict(zip(seen[3], seen[3][1:]))
+    assert flags["--tuples"] == tuples and flags["--out"] == reranker
     missing = dataclasses.replace(cfg, upstream_model_dir=str(tmp_path / "nowhere"))
     with pytest.raises(UserError, match="upstream model directory not found: .*nowhere"):
         pipeline.run(missing, show_data=False)
@@ -155,3 +163,15 @@ def test_relearn_rate_is_chosen_on_upstream_stand_ins_then_used(monkeypatch, tmp
     assert list(times) == ["generalize", "index_model", "relearn_rate/lr_0.0001", "relearn_rate/lr_1e-05",
                            "relearn_rate/lr_3e-05"]
     assert "| **total** |" in (tmp_path / "run" / "stage_times.md").read_text()
+
+
+def test_mining_settings_and_tuple_counts_get_their_own_tuples_and_reranker(tmp_path):
+    cfg = pipeline.PipelineConfig(out_dir=str(tmp_path), upstream="mix", targets=("t",))
+    tuples, reranker = pipeline.mining_paths(cfg)
+    more = pipeline.mining_paths(dataclasses.replace(cfg, num_tuples=cfg.num_tuples + 8))
+    other = pipeline.mining_paths(dataclasses.replace(cfg, mining=cfg.mining + ("num_rounds=3",)))
+    other_finetune = pipeline.mining_paths(dataclasses.replace(cfg, mining_finetune=()))
+    assert more[0] == tuples and more[1] != reranker  # more tuples extend the file, retrain
+    assert len({tuples, other[0], other_finetune[0]}) == 3
+    assert len({reranker, other[1], other_finetune[1]}) == 3
+    assert tuples.startswith(str(tmp_path / "mining")) and reranker.startswith(str(tmp_path / "reranker"))
