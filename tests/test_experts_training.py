@@ -32,7 +32,8 @@ from recross_jax.experts import cli as experts_cli
 
 def test_stacked_experts_equal_experts_trained_one_after_another():
     """Three experts of unequal length (4, 4 and 2 steps) in one vmapped step, dropout on
-    (BERT2BERT's 0.1; each expert's dropout keys are those it draws alone)."""
+    (BERT2BERT's 0.1; each expert's dropout keys are those it draws alone), split over 3 of the
+    test suite's 8 CPU devices."""
     backbone = backbone_of(TINY_B2B)
     pair_sets = [PAIRS, PAIRS[2:] + PAIRS[:2], PAIRS[1:2] + PAIRS[3:]]
     stacked = expert.train_experts(backbone, pair_sets, REDUCTION, FAST, stacked=True)

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from recross_jax import finetune, models, training
+from recross_jax import finetune, models, partitioning, training
 from recross_jax.errors import UserError
 from recross_jax.models import ModelConfig, adapters
 
@@ -112,8 +112,9 @@ def train_experts(backbone: Backbone, pair_sets: Sequence[Sequence[finetune.Toke
     metrics) as `train_expert` would.
 
     With `stacked`, the experts train together: their own parameters (and optimizer states)
-    stacked on a leading axis, one jitted step `jax.vmap`ped over them with the frozen backbone
-    broadcast, and only the experts' own parameters differentiated. An expert with fewer steps
+    stacked on a leading axis (split over the devices, as many as divide K), one jitted step
+    `jax.vmap`ped over them with the frozen backbone broadcast (replicated), and only the
+    experts' own parameters differentiated. An expert with fewer steps
     than the longest sits the remaining steps out (its state is kept). Every expert starts from
     the adapters of `settings.seed` and sees its batches in that seed's order, as `train_expert`.
     Without `stacked`: `train_expert` on each, one after another.
@@ -131,9 +132,16 @@ def train_experts(backbone: Backbone, pair_sets: Sequence[Sequence[finetune.Toke
     own, frozen = adapters.split(start, settings.trainable)
     optimizer = dataclasses.replace(settings, trainable=None).make_optimizer(
         max(steps) if settings.schedule == "linear" else 0)
+    # The experts' axis is split over as many devices as divide it; the backbone is replicated.
+    devices = jax.devices()
+    data = max(d for d in range(1, min(len(pair_sets), len(devices)) + 1)
+               if len(pair_sets) % d == 0)
+    mesh = partitioning.create_mesh(devices=devices[:data])
+    per_expert = NamedSharding(mesh, PartitionSpec("data"))
     one = training.TrainState.create(own, optimizer, seed=settings.seed)
-    states = jax.tree.map(lambda x: jnp.stack([x] * len(pair_sets)), one)
-    frozen = jax.device_put(frozen)
+    states = jax.device_put(jax.tree.map(lambda x: jnp.stack([x] * len(pair_sets)), one),
+                            per_expert)
+    frozen = jax.device_put(frozen, NamedSharding(mesh, PartitionSpec()))
     shape = finetune.padded_shape([p for pairs in pair_sets for p in pairs], settings.batch_size,
                                   None)
     batches = [list(finetune.epoch_batches(p, settings.batch_size, settings.epochs,
@@ -145,7 +153,8 @@ def train_experts(backbone: Backbone, pair_sets: Sequence[Sequence[finetune.Toke
         # An expert past its last step repeats its first batch; its update is discarded.
         batch = {k: np.stack([b[t if t < len(b) else 0][k] for b in batches])
                  for k in batches[0][0]}
-        states, loss = step(states, frozen, batch, active, masked=not active.all())
+        states, loss = step(states, frozen, jax.device_put(batch, per_expert),
+                            jax.device_put(active, per_expert), masked=not active.all())
         losses.append(loss)
     losses = np.asarray(jax.device_get(losses))  # [steps, experts]
     results = []
