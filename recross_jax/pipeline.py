@@ -217,12 +217,16 @@ def _mining_bindings(cfg: PipelineConfig) -> list[str]:
 
 
 def mining_paths(cfg: PipelineConfig) -> tuple[str, str]:
-    """(tuples file, reranker directory) of cfg's mining settings: other settings mine into a
-    file of their own (mining refuses to extend one of other settings) and so train a reranker of
-    their own; more tuples of the same settings extend the file and train a new reranker."""
-    key = hashlib.sha256(json.dumps(_mining_bindings(cfg)).encode()).hexdigest()[:8]
-    return (os.path.join(cfg.out_dir, "mining", key, "tuples.jsonl"),
-            os.path.join(cfg.out_dir, "reranker", f"{key}_{cfg.num_tuples}_tuples"))
+    """(tuples file, reranker directory) of cfg's mining and reranker settings: other mining
+    settings mine into a file of their own (mining refuses to extend one of other settings);
+    more tuples of the same settings extend the file; a reranker of other tuples or settings
+    trains into a directory of its own (training refuses to resume one of others)."""
+    def key(values: Sequence[str]) -> str:
+        return hashlib.sha256(json.dumps(list(values)).encode()).hexdigest()[:8]
+    mining = _mining_bindings(cfg)
+    return (os.path.join(cfg.out_dir, "mining", key(mining), "tuples.jsonl"),
+            os.path.join(cfg.out_dir, "reranker",
+                         f"{key(mining)}_{cfg.num_tuples}_tuples_{key(cfg.reranker)}"))
 
 
 def model_dir_of(cfg: PipelineConfig) -> str:

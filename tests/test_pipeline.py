@@ -171,7 +171,9 @@ def test_mining_settings_and_tuple_counts_get_their_own_tuples_and_reranker(tmp_
     more = pipeline.mining_paths(dataclasses.replace(cfg, num_tuples=cfg.num_tuples + 8))
     other = pipeline.mining_paths(dataclasses.replace(cfg, mining=cfg.mining + ("num_rounds=3",)))
     other_finetune = pipeline.mining_paths(dataclasses.replace(cfg, mining_finetune=()))
+    other_reranker = pipeline.mining_paths(dataclasses.replace(cfg, reranker=("epochs=9",)))
     assert more[0] == tuples and more[1] != reranker  # more tuples extend the file, retrain
+    assert other_reranker[0] == tuples and other_reranker[1] != reranker
     assert len({tuples, other[0], other_finetune[0]}) == 3
-    assert len({reranker, other[1], other_finetune[1]}) == 3
+    assert len({reranker, other[1], other_finetune[1], more[1], other_reranker[1]}) == 5
     assert tuples.startswith(str(tmp_path / "mining")) and reranker.startswith(str(tmp_path / "reranker"))
