@@ -89,7 +89,7 @@ def _runner(cli_world, capsys, *extra: str):  # noqa: F811
 
 
 def test_prompt_experts_one_per_template_indexed_with_their_own_examples(
-        cli_world, capsys):  # noqa: F811
+        cli_world, capsys, monkeypatch):  # noqa: F811
     tmp_path, run, fails = _runner(cli_world, capsys)
     backbone, out = str(tmp_path / "backbone"), str(tmp_path / "prompt")
     made = run("train", "--backbone", backbone, "--task", "toy_mixed", "--per_template",
@@ -112,6 +112,29 @@ def test_prompt_experts_one_per_template_indexed_with_their_own_examples(
                 "--out", out)
     assert [m.get("resumed", False) for m in again] == [False, True]
     assert again[0]["trained_together"] == 1
+    # At most stack_size experts train together, and each batch is saved as it ends: a command
+    # interrupted in the second batch keeps the first.
+    batched = str(tmp_path / "batched")
+    calls = []
+    original = expert.train_experts
+
+    def dies_in_second_batch(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(expert, "train_experts", dies_in_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run("train", "--backbone", backbone, "--task", "toy_mixed", "--per_template", "--out", batched,
+            "--gin.experts.settings.stack_size=1")
+    assert calls == [1, 1]
+    assert os.path.isfile(f"{batched}/plain/{checkpoint.MANIFEST}")
+    assert not os.path.exists(f"{batched}/does_it_follow/{checkpoint.MANIFEST}")
+    assert "stack_size must be a positive integer, got 0" in fails(
+        "train", "--backbone", backbone, "--task", "toy_mixed", "--per_template", "--out", batched,
+        "--gin.experts.settings.stack_size=0")
+    monkeypatch.undo()
     # One template on its own, with the default id TASK:SPLIT:TEMPLATE.
     single = run("train", "--backbone", backbone, "--task", "toy_mixed", "--template", "plain",
                  "--out", str(tmp_path / "single"))

@@ -52,7 +52,8 @@ def settings(reduction: int = adapters.DEFAULT_REDUCTION, layer_norms: bool = Tr
              max_examples: int = 50_000, instances_per_expert: int = library.INSTANCES_PER_EXPERT,
              queries_per_target: int = library.QUERIES_PER_TARGET, seed: int = 0,
              max_input_length: int = 512, max_target_length: int = 128,
-             embedder_dir: str | None = None, stacked: bool = True) -> dict[str, Any]:
+             embedder_dir: str | None = None, stacked: bool = True,
+             stack_size: int = 8) -> dict[str, Any]:
     """ELM's settings (SPEC §3; gin-configurable).
 
     Args:
@@ -70,13 +71,17 @@ def settings(reduction: int = adapters.DEFAULT_REDUCTION, layer_norms: bool = Tr
       stacked: adapter experts trained by one command share one vmapped, jitted step
         (`expert.train_experts`; scripts/bench_experts.py measures it against one after
         another).
+      stack_size: experts trained together at most; each such batch is saved when it ends, so
+        an interrupted command (e.g. `--per_template` over 13 templates) loses one batch at most.
     """
+    if isinstance(stack_size, bool) or not isinstance(stack_size, int) or stack_size < 1:
+        raise UserError(f"experts.settings.stack_size must be a positive integer, got {stack_size!r}")
     return dict(reduction=reduction, layer_norms=layer_norms, cross_attention=cross_attention,
                 learning_rate=learning_rate,
                 epochs=epochs, batch_size=batch_size, max_examples=max_examples,
                 instances_per_expert=instances_per_expert, queries_per_target=queries_per_target,
                 seed=seed, max_input_length=max_input_length, max_target_length=max_target_length,
-                embedder_dir=embedder_dir, stacked=stacked)
+                embedder_dir=embedder_dir, stacked=stacked, stack_size=stack_size)
 
 
 def template_of(example: evaluate.EvalExample) -> str:
@@ -189,9 +194,10 @@ def train_jobs(backbone: expert.Backbone, jobs: Sequence[Job], cfg: dict,
     todo = [i for i, done in enumerate(results) if done is None]
     settings = training_settings(cfg)
     pair_sets = [[(e.input_tokens, e.target_tokens) for e in jobs[i].examples] for i in todo]
-    # Runs of experts trained together: all of them when stacked, else one by one.
-    runs = [list(range(len(todo)))] if cfg["stacked"] and not full and todo else [
-        [k] for k in range(len(todo))]
+    # Runs of experts trained together (and then saved): stack_size at a time when stacked,
+    # else one by one.
+    size = cfg["stack_size"] if cfg["stacked"] and not full else 1
+    runs = [list(range(k, min(k + size, len(todo)))) for k in range(0, len(todo), size)]
     for run in runs:
         start = time.perf_counter()
         if full:
