@@ -1,0 +1,68 @@
+"""A reranker's dev tuples as units: ranking AUC and pair accuracy against hand-computed values,
+the recorded dev split, and the bootstrap interval."""
+import json
+
+import numpy as np
+import pytest
+
+from recross_jax import io_utils
+from recross_jax.errors import UserError
+from recross_jax.rerank import cross_encoder, dev_eval
+
+
+class LengthReranker:
+    """Scores a candidate by its length: longer is better (positive logit = length)."""
+
+    def logits(self, firsts, seconds):
+        del firsts
+        return np.array([[0.0, len(s) - 2.5] for s in seconds])
+
+    def utility(self, queries, candidates):
+        del queries
+        return np.array([float(len(c)) for c in candidates])
+
+
+def test_ranking_auc_counts_ties_half():
+    assert dev_eval.ranking_auc([3, 2], [1, 2]) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+    assert dev_eval.ranking_auc([0], [1]) == 0.0
+    with pytest.raises(UserError, match="at least one positive and one negative"):
+        dev_eval.ranking_auc([], [1])
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
+    values = [0.4, 0.5, 0.9, 0.7]
+    low, high = dev_eval.bootstrap_ci(values, seed=3)
+    assert (low, high) == dev_eval.bootstrap_ci(values, seed=3)
+    assert low < np.mean(values) < high and 0.4 <= low and high <= 0.9
+    assert dev_eval.bootstrap_ci([0.5] * 3, seed=0) == (0.5, 0.5)
+
+
+def test_tuples_are_units():
+    tuples = [{"index": 0, "task": "a", "queries": ["q"], "positives": ["xxx", "xx"],
+               "negatives": ["x", "xx"]},
+              {"index": 1, "task": "b", "queries": ["q", "r"], "positives": ["x"], "negatives": ["xxxx"]}]
+    summary = dev_eval.evaluate(LengthReranker(), tuples)
+    first, second = summary["tuples"]
+    # Tuple 0: positive logits 0.5, -0.5 (labels 1, 1), -1.5, -0.5 (labels 0, 0): 3 of 4 right.
+    assert (first["pairs"], first["pair_accuracy"], first["ranking_auc"]) == (4, 0.75, 0.875)
+    # Tuple 1: the positive is shorter (logit -1.5), the negative longer (1.5), on both queries.
+    assert (second["pairs"], second["pair_accuracy"], second["ranking_auc"]) == (4, 0.0, 0.0)
+    assert summary["ranking_auc"]["mean"] == pytest.approx(0.4375)
+    assert summary["pair_accuracy"]["mean"] == pytest.approx(0.375)
+    assert "| **mean ranking AUC** (95% CI over tuples) | | | **0.438** [" in dev_eval.markdown(summary)
+
+
+def test_dev_tuples_follow_the_recorded_split(tmp_path):
+    path = tmp_path / "tuples.jsonl"
+    path.write_text("".join(json.dumps({"index": i, "queries": ["q"], "positives": ["p"],
+                                        "negatives": ["n"]}) + "\n" for i in range(10)))
+    reranker = tmp_path / "reranker"
+    reranker.mkdir()
+    settings = {"dev_fraction": 0.2, "seed": 4, "tuples_sha256": io_utils.sha256_file(str(path))}
+    (reranker / "reranker.json").write_text(json.dumps({"settings": settings}))
+    _, dev = cross_encoder.split_tuples(10, 0.2, 4)
+    assert [t["index"] for t in dev_eval.dev_tuples(str(reranker), str(path))] == list(dev)
+    other = tmp_path / "other.jsonl"
+    other.write_text(path.read_text().replace('"q"', '"r"'))
+    with pytest.raises(UserError, match="was trained on other tuples"):
+        dev_eval.dev_tuples(str(reranker), str(other))
