@@ -245,7 +245,7 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                 for method in methods:
                     path = os.path.join(out_dir, "runs", target, method, f"query_set_{query_set.index}.json")
                     if os.path.isfile(path):
-                        records.append(_resumed(path, recorded_config))
+                        records.append(_resumed(path, recorded_config, method))
                         bar.update()
                         continue
                     bar.set_postfix_str(f"{target} {method} q{query_set.index}")
@@ -366,13 +366,15 @@ def _reranker_sha256(reranker_dir: str | None) -> str | None:
     return sha256_file(path) if os.path.isfile(path) else None
 
 
-def _resumed(path: str, config: dict) -> dict:
+def _resumed(path: str, config: dict, method: str) -> dict:
     """The finished run at `path`, if it was made with `config`; a run of other settings in the
-    same directory would mix into the results unseen, so it is refused."""
+    same directory would mix into the results unseen, so it is refused. The reranker counts for
+    `recross` runs only: the other methods never use it."""
     with open(path, encoding="utf-8") as f:
         record = json.load(f)
     recorded = record.get("config", {})
-    changed = sorted(key for key in config if recorded.get(key) != config[key])
+    changed = sorted(key for key in config if recorded.get(key) != config[key]
+                     and (key != "reranker_sha256" or method == "recross"))
     if changed:
         raise UserError(f"{path} holds a run made with other settings ({', '.join(changed)}); "
                         "resume with the same settings or choose another OUT_DIR")

@@ -177,3 +177,16 @@ def test_bad_method_and_missing_index(setup, capsys, monkeypatch):
     assert "unknown method 'magic'" in capsys.readouterr().err
     assert cli.main(generalize_args(root, model_dir, "bad2", ["sbert"])) == 2
     assert "needs the 'sbert' index directory" in capsys.readouterr().err
+
+
+def test_a_new_reranker_invalidates_only_recross_runs(tmp_path):
+    """Retraining the reranker leaves the runs of methods that never use it resumable."""
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"config": {"num_retrieved": 8, "reranker_sha256": "old"}}))
+    config = {"num_retrieved": 8, "reranker_sha256": "new"}
+    for method in ("base", "random", "sbert", "recross_dense"):
+        assert generalize._resumed(str(path), config, method)["config"]["reranker_sha256"] == "old"
+    with pytest.raises(UserError, match=r"other settings \(reranker_sha256\)"):
+        generalize._resumed(str(path), config, "recross")
+    with pytest.raises(UserError, match=r"other settings \(num_retrieved\)"):
+        generalize._resumed(str(path), {**config, "num_retrieved": 9}, "base")
