@@ -49,7 +49,8 @@ def test_tuples_are_units():
     assert (second["pairs"], second["pair_accuracy"], second["ranking_auc"]) == (4, 0.0, 0.0)
     assert summary["ranking_auc"]["mean"] == pytest.approx(0.4375)
     assert summary["pair_accuracy"]["mean"] == pytest.approx(0.375)
-    assert "| **mean ranking AUC** (95% CI over tuples) | | | **0.438** [" in dev_eval.markdown(summary)
+    assert "| **mean** (95% CI over tuples) | | | **0.375** [0.000, 0.750] | **0.438** [0.000, 0.875] |" in (
+        dev_eval.markdown(summary))
 
 
 def test_dev_tuples_follow_the_recorded_split(tmp_path):

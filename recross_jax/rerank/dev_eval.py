@@ -71,8 +71,9 @@ def markdown(summary: dict) -> str:
     lines = ["| dev tuple | task | pairs | pair accuracy | ranking AUC |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['index']} | {r['task']} | {r['pairs']} | {r['pair_accuracy']:.3f} | "
               f"{r['ranking_auc']:.3f} |" for r in summary["tuples"]]
-    for key, name in (("pair_accuracy", "pair accuracy"), ("ranking_auc", "ranking AUC")):
+    cells = []
+    for key in ("pair_accuracy", "ranking_auc"):
         low, high = summary[key]["ci95"]
-        lines.append(f"| **mean {name}** (95% CI over tuples) | | | "
-                     f"**{summary[key]['mean']:.3f}** [{low:.3f}, {high:.3f}] | |")
+        cells.append(f"**{summary[key]['mean']:.3f}** [{low:.3f}, {high:.3f}]")
+    lines.append(f"| **mean** (95% CI over tuples) | | | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
