@@ -1,6 +1,9 @@
 """A reranker's dev tuples as units: ranking AUC and pair accuracy against hand-computed values,
 the recorded dev split, and the bootstrap interval."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -67,3 +70,14 @@ def test_dev_tuples_follow_the_recorded_split(tmp_path):
     other.write_text(path.read_text().replace('"q"', '"r"'))
     with pytest.raises(UserError, match="was trained on other tuples"):
         dev_eval.dev_tuples(str(reranker), str(other))
+
+
+def test_script_refuses_a_missing_reranker_in_one_line(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(repo, "scripts", "reranker_dev.py"), "--reranker",
+                           str(tmp_path / "none"), "--tuples", str(tmp_path / "t.jsonl"), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": repo, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "none" in done.stderr
+    assert not (tmp_path / "out").exists()
