@@ -39,6 +39,13 @@ def write_json_atomic(path: str, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_result(out_dir: str, name: str, summary: Any, table: str) -> None:
+    """`out_dir`/`name`.json (the summary) and `name`.md (its markdown table), each atomically."""
+    os.makedirs(out_dir, exist_ok=True)
+    write_json_atomic(os.path.join(out_dir, f"{name}.json"), summary)
+    write_text_atomic(os.path.join(out_dir, f"{name}.md"), table)
+
+
 def parse_jsonl_lines(lines: Iterable[str], path: str) -> list[tuple[int, dict]]:
     """(1-based line number, object) for every non-blank line; blank lines are skipped.
 

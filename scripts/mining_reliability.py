@@ -10,11 +10,9 @@ of the same tuples instead (agreement.json, agreement.md).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from recross_jax.errors import UserError
-from recross_jax.io_utils import write_json_atomic, write_text_atomic
+from recross_jax.errors import UserError, exit_on_user_error
+from recross_jax.io_utils import write_result
 from recross_jax.rerank import mining, reliability
 
 
@@ -26,24 +24,23 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.8,
                         help="the reliability to project the rounds needed for")
     args = parser.parse_args()
-    try:
-        if not 0 < args.target < 1:
-            raise UserError(f"--target must lie strictly between 0 and 1, got {args.target}")
-        tuples = mining.read_tuples(args.tuples)
-        if args.against:
-            name, summary = "agreement", reliability.agreement(tuples, mining.read_tuples(args.against))
-            table = reliability.agreement_markdown(summary)
-        else:
-            name, summary = "reliability", reliability.summarize(tuples, args.target)
-            table = reliability.markdown(summary)
-        if args.out:
-            os.makedirs(args.out, exist_ok=True)
-            write_json_atomic(os.path.join(args.out, f"{name}.json"), summary)
-            write_text_atomic(os.path.join(args.out, f"{name}.md"), table)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    name, summary, table = exit_on_user_error(measure, args)
+    if args.out:
+        exit_on_user_error(write_result, args.out, name, summary, table)
     print(table, end="")
+
+
+def measure(args: argparse.Namespace) -> tuple[str, dict, str]:
+    """(output name, summary, markdown table) of the tuples: their reliability, or their
+    agreement with another mining."""
+    if not 0 < args.target < 1:
+        raise UserError(f"--target must lie strictly between 0 and 1, got {args.target}")
+    tuples = mining.read_tuples(args.tuples)
+    if args.against:
+        summary = reliability.agreement(tuples, mining.read_tuples(args.against))
+        return "agreement", summary, reliability.agreement_markdown(summary)
+    summary = reliability.summarize(tuples, args.target)
+    return "reliability", summary, reliability.markdown(summary)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,9 @@ bootstrap intervals over tuples (see `recross_jax.rerank.dev_eval`).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from recross_jax.errors import UserError
-from recross_jax.io_utils import write_json_atomic, write_text_atomic
+from recross_jax.errors import exit_on_user_error
+from recross_jax.io_utils import write_result
 from recross_jax.rerank import cross_encoder, dev_eval
 
 
@@ -21,19 +19,18 @@ def main() -> None:
     parser.add_argument("--out", help="directory for dev_eval.json and dev_eval.md")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     args = parser.parse_args()
-    try:
-        cross_encoder.check_reranker(args.reranker)
-        tuples = dev_eval.dev_tuples(args.reranker, args.tuples)
-        summary = dev_eval.evaluate(cross_encoder.load_reranker(args.reranker), tuples, args.seed)
-        table = dev_eval.markdown(summary)
-        if args.out:
-            os.makedirs(args.out, exist_ok=True)
-            write_json_atomic(os.path.join(args.out, "dev_eval.json"), summary)
-            write_text_atomic(os.path.join(args.out, "dev_eval.md"), table)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    summary, table = exit_on_user_error(evaluate, args)
+    if args.out:
+        exit_on_user_error(write_result, args.out, "dev_eval", summary, table)
     print(table, end="")
+
+
+def evaluate(args: argparse.Namespace) -> tuple[dict, str]:
+    """(summary, markdown table) of the reranker on its dev tuples."""
+    cross_encoder.check_reranker(args.reranker)
+    tuples = dev_eval.dev_tuples(args.reranker, args.tuples)
+    summary = dev_eval.evaluate(cross_encoder.load_reranker(args.reranker), tuples, args.seed)
+    return summary, dev_eval.markdown(summary)
 
 
 if __name__ == "__main__":
