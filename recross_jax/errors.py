@@ -21,6 +21,6 @@ def exit_on_user_error(function: Callable[..., T], *args: Any) -> T:
     try:
         return function(*args)
     except UserError as error:
-        message = str(error).strip().splitlines()
-        print(f"error: {message[0] if message else type(error).__name__}", file=sys.stderr)
+        from recross_jax.gin_utils import first_line  # pylint: disable=import-outside-toplevel
+        print(f"error: {first_line(error)}", file=sys.stderr)
         sys.exit(2)

@@ -219,7 +219,6 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                         num_partitions, max_input_length, max_target_length, eval_batch_size,
                         length_normalize, decode)
     records = []
-    jobs = [(q, t, m) for q in range(num_query_sets) for t in targets for m in methods]
     config = {"num_queries": num_queries, "num_retrieved": num_retrieved,
               "upsample_ratio": upsample_ratio, "aggregation": aggregation,
               "exclude_tasks": list(exclude_tasks), "eval_split": eval_split,
@@ -236,7 +235,8 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
         prepared[target] = examples, vocabulary, target_query_sets(
             target, query_split, {e.inputs for e in examples}, num_query_sets, num_queries, seed)
     base_metrics: dict[tuple[str, ...], dict] = {}  # by test set: query sets may share one
-    with tqdm(total=len(jobs), desc="generalize", unit="run", disable=not progress) as bar:
+    with tqdm(total=num_query_sets * len(targets) * len(methods), desc="generalize", unit="run",
+              disable=not progress) as bar:
         for index in range(num_query_sets):
             for target in targets:
                 examples, pipeline.vocabulary, query_sets = prepared[target]

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from recross_jax.errors import UserError
+from recross_jax.selection.ranking import rank_correlation
 
 
 def spearman_brown(r: float, factor: float) -> float:
@@ -32,13 +33,6 @@ def rounds_needed(r: float, rounds: int, target: float) -> float:
     if math.isnan(r) or r <= 0:
         return float("inf")
     return rounds * target * (1 - r) / (r * (1 - target))
-
-
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    from scipy import stats  # pylint: disable=import-outside-toplevel
-    if len(set(x)) < 2 or len(set(y)) < 2:  # undefined; scipy would warn on stderr
-        return float("nan")
-    return float(stats.spearmanr(x, y)[0])
 
 
 def _picks(scores: Mapping[str, float], count: int) -> tuple[set[str], set[str]]:
@@ -59,7 +53,7 @@ def tuple_reliability(record: Mapping[str, Any]) -> dict:
         raise UserError(f"tuple {record.get('index')} has {matrix.shape[1]} round: split halves "
                         "need at least 2 (raise num_rounds)")
     halves = [dict(zip(ids, matrix[:, start::2].mean(axis=1))) for start in (0, 1)]
-    r = _spearman([halves[0][i] for i in ids], [halves[1][i] for i in ids])
+    r = rank_correlation([halves[0][i] for i in ids], [halves[1][i] for i in ids])
     count = len(record["positive_ids"])
     (pos_a, neg_a), (pos_b, neg_b) = (_picks(h, count) for h in halves)
     scores = record["candidate_scores"]
@@ -108,7 +102,7 @@ def agreement(ours: Sequence[Mapping[str, Any]], theirs: Sequence[Mapping[str, A
         def overlap(key: str) -> float:
             return len(set(record[key]) & set(other[key])) / count  # pylint: disable=cell-var-from-loop
         rows.append({"index": record["index"], "task": record["task"], "candidates": len(shared),
-                     "spearman": _spearman([record["candidate_scores"][i] for i in shared],
+                     "spearman": rank_correlation([record["candidate_scores"][i] for i in shared],
                                            [other["candidate_scores"][i] for i in shared]),
                      "positive_overlap": overlap("positive_ids"),
                      "negative_overlap": overlap("negative_ids")})

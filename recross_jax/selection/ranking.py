@@ -112,14 +112,19 @@ def spearman(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, 
              ) -> tuple[float, int]:
     """Spearman's ρ between two score tables over the (target, source) pairs both have (NaN
     under 3 pairs, or where either side is constant)."""
-    from scipy import stats  # pylint: disable=import-outside-toplevel
     pairs = [(a[t][s], b[t][s]) for t in a if t in b for s in a[t] if s in b[t]]
     if len(pairs) < 3:
         return float("nan"), len(pairs)
     x, y = zip(*pairs)
-    if len(set(x)) < 2 or len(set(y)) < 2:  # undefined; scipy would warn on stderr
-        return float("nan"), len(pairs)
-    return float(stats.spearmanr(x, y)[0]), len(pairs)
+    return rank_correlation(x, y), len(pairs)
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's ρ of two paired sequences (NaN where either is constant: undefined)."""
+    from scipy import stats  # pylint: disable=import-outside-toplevel
+    if len(set(x)) < 2 or len(set(y)) < 2:  # scipy would warn on stderr
+        return float("nan")
+    return float(stats.spearmanr(x, y)[0])
 
 
 def spearman_per_target(a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]]
