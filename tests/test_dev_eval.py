@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from recross_jax import io_utils
+from recross_jax import io_utils, significance
 from recross_jax.errors import UserError
 from recross_jax.rerank import cross_encoder, dev_eval
 
@@ -32,12 +32,15 @@ def test_ranking_auc_counts_ties_half():
         dev_eval.ranking_auc([], [1])
 
 
-def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
-    values = [0.4, 0.5, 0.9, 0.7]
-    low, high = dev_eval.bootstrap_ci(values, seed=3)
-    assert (low, high) == dev_eval.bootstrap_ci(values, seed=3)
-    assert low < np.mean(values) < high and 0.4 <= low and high <= 0.9
-    assert dev_eval.bootstrap_ci([0.5] * 3, seed=0) == (0.5, 0.5)
+def test_interval_resamples_tuples_as_units():
+    tuples = [{"index": i, "task": "a", "queries": ["q"], "positives": ["x" * (2 + i % 3)],
+               "negatives": ["xx"]} for i in range(6)]
+    summary = dev_eval.evaluate(LengthReranker(), tuples, seed=3)
+    values = [row["ranking_auc"] for row in summary["tuples"]]
+    low, high = summary["ranking_auc"]["ci95"]
+    assert (low, high) == significance.bootstrap_mean_ci({str(i): [v] for i, v in enumerate(values)}, 3)
+    assert low < np.mean(values) < high and min(values) <= low and high <= max(values)
+    assert summary["ranking_auc"] == dev_eval.evaluate(LengthReranker(), tuples, seed=3)["ranking_auc"]
 
 
 def test_tuples_are_units():

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from recross_jax import io_utils
+from recross_jax import io_utils, significance
 from recross_jax.errors import UserError
 from recross_jax.rerank import cross_encoder
 
@@ -25,15 +25,6 @@ def ranking_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
         raise UserError("ranking AUC needs at least one positive and one negative")
     p, n = np.asarray(positive, float)[:, None], np.asarray(negative, float)[None, :]
     return float(np.mean((p > n) + 0.5 * (p == n)))
-
-
-def bootstrap_ci(values: Sequence[float], seed: int, samples: int = 10_000,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of the mean of `values`, resampled with replacement."""
-    values = np.asarray(values, float)
-    means = np.random.default_rng(seed).choice(values, (samples, len(values))).mean(axis=1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 def dev_tuples(reranker_dir: str, tuples_path: str) -> list[dict]:
@@ -62,8 +53,13 @@ def evaluate(reranker: Any, tuples: Sequence[dict], seed: int = 0) -> dict:
     summary = {"tuples": rows}
     for key in ("pair_accuracy", "ranking_auc"):
         values = [row[key] for row in rows]
-        summary[key] = {"mean": float(np.mean(values)), "ci95": bootstrap_ci(values, seed)}
+        summary[key] = {"mean": float(np.mean(values)), "ci95": _tuple_bootstrap_ci(values, seed)}
     return summary
+
+
+def _tuple_bootstrap_ci(values: Sequence[float], seed: int) -> tuple[float, float]:
+    """95% percentile interval of the mean over tuples, resampling tuples (each its own unit)."""
+    return significance.bootstrap_mean_ci({str(i): [v] for i, v in enumerate(values)}, seed)
 
 
 def markdown(summary: dict) -> str:
