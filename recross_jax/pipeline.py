@@ -49,6 +49,9 @@ class PipelineConfig:
     train_steps: int = 150
     batch_size: int = 8
     feature_lengths: str = "{'inputs': 128, 'targets': 32}"
+    # Gin bindings of the upstream stage alone, after every other (e.g. its own cap, or warmup
+    # steps other than train_steps // 3).
+    upstream_bindings: tuple[str, ...] = ()
     sbert_max_length: int = 128
     num_tuples: int = 8
     # Mining (gin bindings of mining.mine, then of its group fine-tune): each candidate fine-tuned
@@ -134,7 +137,8 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
             f"--gin.MIXTURE_OR_TASK_NAME='{cfg.upstream}'", f"--gin.TRAIN_STEPS={cfg.train_steps}",
             f"--gin.BATCH_SIZE={cfg.batch_size}", f"--gin.WARMUP_STEPS={max(1, cfg.train_steps // 3)}",
             f"--gin.CHECKPOINT_PERIOD={cfg.train_steps}", f"--gin.TASK_FEATURE_LENGTHS={cfg.feature_lengths}",
-            f"--gin_bindings=import {cfg.tasks_module}", *data[2:]],
+            f"--gin_bindings=import {cfg.tasks_module}", *data[2:],
+            *(f"--gin.{b}" for b in cfg.upstream_bindings)],
             path("upstream", f"checkpoint_{cfg.train_steps}"))
 
     index = ["index", "build", "--gin_file=gin/runs/index.gin", f"--gin.MIXTURE='{cfg.upstream}'",

@@ -38,6 +38,12 @@ TABLE2 = tuple(recross.task_name(d) for d in recross.TABLE2_TARGETS)
 # Upstream datasets standing in for targets to choose re-learning's rate on (one per family:
 # topic, sentiment, paraphrase, extractive QA), so no target's labels tune it.
 RELEARN_RATE_TASKS = tuple(recross.task_name(d) for d in ("ag_news", "imdb", "glue-mrpc", "quoref"))
+# How the release's upstream model (minilm2minilm_s600, RESULTS.md) was trained, beyond the
+# pipeline's defaults: 1,000 train rows per dataset (the index pool's 300 are their first rows),
+# inputs to 256 tokens, minilm2minilm.gin's 50 warmup steps. The control's model is trained so too,
+# so that it differs from the release's only by rotten_tomatoes.
+RELEASE_MODEL_RECIPE = ("tasks.recross.upstream_cap.cap=1000", "WARMUP_STEPS=50")
+RELEASE_MODEL_LENGTHS = "{'inputs': 256, 'targets': 32}"
 SPLITS = {
     "release": pipeline.PipelineConfig(
         out_dir="release", upstream="t0_upstream", targets=TABLE1 + TABLE2,
@@ -50,6 +56,7 @@ SPLITS = {
         out_dir="control", upstream=recross.CONTROL_MIXTURE,
         targets=(recross.task_name(recross.CONTROL_DATASET),),
         gin_bindings=("tasks.recross.upstream_cap.cap=300",),
+        feature_lengths=RELEASE_MODEL_LENGTHS, upstream_bindings=RELEASE_MODEL_RECIPE,
         relearn_rate_tasks=tuple(t for t in RELEARN_RATE_TASKS if t != recross.task_name("imdb"))),
     "taskweb": pipeline.PipelineConfig(
         out_dir="taskweb", upstream="p3mini_upstream", tasks_module="tasks.jsonl",

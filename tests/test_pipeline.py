@@ -116,10 +116,18 @@ def test_a_t5_upstream_trains_its_vocabulary_first(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "report", lambda cfg, results, out: {})
     monkeypatch.setenv("RECROSS_VOCAB", "restored after the test")
     cfg = pipeline.PipelineConfig(out_dir=str(tmp_path), upstream="mix", targets=("t",),
-                                  model="t5_1_1_mini", methods=("base",))
+                                  model="t5_1_1_mini", methods=("base",), gin_bindings=("up.cap=3",),
+                                  upstream_bindings=("up.cap=9", "WARMUP_STEPS=5"))
     pipeline.run(cfg, show_data=False)
     assert [argv[0] for argv in seen] == ["vocab", "train", "index", "generalize"]
     assert "--gin_file=gin/models/t5_1_1_mini.gin" in seen[1]
+    # The upstream stage's own bindings come after the pipeline's (gin: the last binding wins) and
+    # reach no other stage.
+    train = seen[1]
+    assert train[-2:] == ["--gin.up.cap=9", "--gin.WARMUP_STEPS=5"]
+    assert train.index("--gin.up.cap=3") < train.index("--gin.up.cap=9")
+    assert train.index("--gin.WARMUP_STEPS=50") < train.index("--gin.WARMUP_STEPS=5")
+    assert all("--gin.up.cap=9" not in argv for argv in seen[2:]) and "--gin.up.cap=3" in seen[2]
     assert os.environ["RECROSS_VOCAB"] == str(tmp_path / "vocab" / "spm_8000.model")
 
 
