@@ -47,6 +47,9 @@ class PipelineConfig:
     vocab_size: int = 8000
     pool_cap: int = 100                 # upstream examples per task in the indexes
     train_steps: int = 150
+    # The upstream stage saves every checkpoint_period steps (the newest 2 kept) and resumes from
+    # the last save when restarted.
+    checkpoint_period: int = 50
     batch_size: int = 8
     feature_lengths: str = "{'inputs': 128, 'targets': 32}"
     # Gin bindings of the upstream stage alone, after every other (e.g. its own cap, or warmup
@@ -136,7 +139,8 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
             f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.MIXTURE_OR_TASK_NAME='{cfg.upstream}'", f"--gin.TRAIN_STEPS={cfg.train_steps}",
             f"--gin.BATCH_SIZE={cfg.batch_size}", f"--gin.WARMUP_STEPS={max(1, cfg.train_steps // 3)}",
-            f"--gin.CHECKPOINT_PERIOD={cfg.train_steps}", f"--gin.TASK_FEATURE_LENGTHS={cfg.feature_lengths}",
+            f"--gin.CHECKPOINT_PERIOD={min(cfg.checkpoint_period, cfg.train_steps)}",
+            "--gin.KEEP_CHECKPOINTS=2", f"--gin.TASK_FEATURE_LENGTHS={cfg.feature_lengths}",
             f"--gin_bindings=import {cfg.tasks_module}", *data[2:],
             *(f"--gin.{b}" for b in cfg.upstream_bindings)],
             path("upstream", f"checkpoint_{cfg.train_steps}"))
