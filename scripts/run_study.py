@@ -40,14 +40,16 @@ TABLE2 = tuple(recross.task_name(d) for d in recross.TABLE2_TARGETS)
 RELEARN_RATE_TASKS = tuple(recross.task_name(d) for d in ("ag_news", "imdb", "glue-mrpc", "quoref"))
 # How the release's upstream model (minilm2minilm_s600, RESULTS.md) was trained, beyond the
 # pipeline's defaults: 1,000 train rows per dataset (the index pool's 300 are their first rows),
-# inputs to 256 tokens, minilm2minilm.gin's 50 warmup steps. The control's model is trained so too,
-# so that it differs from the release's only by rotten_tomatoes.
+# inputs to 256 tokens, minilm2minilm.gin's 50 warmup steps: the release split trains it so when
+# no --upstream_model_dir is given, and the control's model is trained so too, so that it differs
+# from the release's only by rotten_tomatoes.
 RELEASE_MODEL_RECIPE = ("tasks.recross.upstream_cap.cap=1000", "WARMUP_STEPS=50")
 RELEASE_MODEL_LENGTHS = "{'inputs': 256, 'targets': 32}"
 SPLITS = {
     "release": pipeline.PipelineConfig(
         out_dir="release", upstream="t0_upstream", targets=TABLE1 + TABLE2,
         gin_bindings=("tasks.recross.upstream_cap.cap=300",),
+        feature_lengths=RELEASE_MODEL_LENGTHS, upstream_bindings=RELEASE_MODEL_RECIPE,
         report_groups=(("table1", TABLE1), ("table2", TABLE2)),
         relearn_rate_tasks=RELEARN_RATE_TASKS),
     # The positive control: rotten_tomatoes held out of the upstream model and the index (its own

@@ -45,18 +45,20 @@ def test_release_study_runs_both_tables_and_reports_each():
     assert groups == {"table1": run_study.TABLE1, "table2": run_study.TABLE2}
 
 
-def test_control_model_is_trained_as_the_release_model_was(monkeypatch, tmp_path):
+def test_release_and_control_models_are_trained_with_the_release_models_recipe(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(cli, "main", lambda argv: seen.append(list(argv)) or 0)
-    monkeypatch.setattr(run_study.pipeline, "report", lambda cfg, results, out: {})
+    monkeypatch.setattr(run_study.pipeline, "report", lambda *args: {})
     monkeypatch.setenv("RECROSS_VOCAB", "restored after the test")
-    cfg = dataclasses.replace(run_study.SPLITS["control"], out_dir=str(tmp_path), train_steps=600,
-                              methods=("base",), relearn_rate_tasks=())
-    run_study.pipeline.run(cfg, show_data=False)
-    train, index = seen[0], seen[1]
-    assert train[0] == "train" and "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 32}" in train
-    assert train[-2:] == ["--gin.tasks.recross.upstream_cap.cap=1000", "--gin.WARMUP_STEPS=50"]
-    assert "--gin.tasks.recross.upstream_cap.cap=300" in index and not any("cap=1000" in a for a in index)
+    for split in ("control", "release"):
+        seen.clear()
+        cfg = dataclasses.replace(run_study.SPLITS[split], out_dir=str(tmp_path / split), train_steps=600,
+                                  methods=("base",), relearn_rate_tasks=())
+        run_study.pipeline.run(cfg, show_data=False)
+        train, index = seen[0], seen[1]
+        assert train[0] == "train" and "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 32}" in train
+        assert train[-2:] == ["--gin.tasks.recross.upstream_cap.cap=1000", "--gin.WARMUP_STEPS=50"]
+        assert "--gin.tasks.recross.upstream_cap.cap=300" in index and not any("cap=1000" in a for a in index)
 
 
 def _write(root, target, method, query_set, score):
