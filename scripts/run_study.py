@@ -202,7 +202,7 @@ def main() -> None:
                         "of training one per split")
     parser.add_argument("--train_steps", type=int, default=600)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--num_tuples", type=int, default=24)
+    parser.add_argument("--num_tuples", type=int, default=60)
     parser.add_argument("--num_query_sets", type=int, default=5)
     parser.add_argument("--max_eval_examples", type=int, default=100)
     parser.add_argument("--targets", nargs="+", help="target tasks, or 'all' for every target "
