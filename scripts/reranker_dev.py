@@ -1,5 +1,7 @@
 """A trained reranker on its dev tuples, one tuple one unit: pair accuracy and ranking AUC with
-bootstrap intervals over tuples (see `recross_jax.rerank.dev_eval`).
+bootstrap intervals over tuples (see `recross_jax.rerank.dev_eval`), beside two baselines that
+never read the query (how often the candidate's dataset, or dataset and prompt, was a positive in
+the training tuples) and the reranker's paired differences from them.
 
     python scripts/reranker_dev.py --reranker DIR --tuples TUPLES.jsonl [--out DIR] [--seed 0]
 """
@@ -26,11 +28,17 @@ def main() -> None:
 
 
 def evaluate(args: argparse.Namespace) -> tuple[dict, str]:
-    """(summary, markdown table) of the reranker on its dev tuples."""
+    """(summary, markdown tables) of the reranker and the source priors on its dev tuples."""
     cross_encoder.check_reranker(args.reranker)
-    tuples = dev_eval.dev_tuples(args.reranker, args.tuples)
-    summary = dev_eval.evaluate(cross_encoder.load_reranker(args.reranker), tuples, args.seed)
-    return summary, dev_eval.markdown(summary)
+    train, dev = dev_eval.recorded_split(args.reranker, args.tuples)
+    scorers = {"reranker": cross_encoder.load_reranker(args.reranker)}
+    for level in dev_eval.SOURCE_LEVELS:
+        scorers[f"{level} prior"] = dev_eval.SourcePrior(train, level, dev)
+    summaries = {name: dev_eval.evaluate(scorer, dev, args.seed) for name, scorer in scorers.items()}
+    differences = dev_eval.compared(summaries, "reranker", args.seed)
+    table = (dev_eval.markdown(summaries["reranker"]) + "\n"
+             + dev_eval.comparison_markdown(summaries, differences, "reranker"))
+    return {"scorers": summaries, "reranker_minus": differences}, table
 
 
 if __name__ == "__main__":

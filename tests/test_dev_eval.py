@@ -59,6 +59,48 @@ def test_tuples_are_units():
         dev_eval.markdown(summary))
 
 
+def _sourced(index, positives, negatives):
+    """A tuple whose candidates' ids name their sources `dataset:template`, the text their id."""
+    def ids(names):
+        return [f"{n.split(':')[0]}|train|{n.split(':')[1]}|#{i}" for i, n in enumerate(names)]
+    return {"index": index, "task": "t", "queries": ["q"], "positive_ids": ids(positives),
+            "negative_ids": ids(negatives), "positives": [f"{index}{p}{i}" for i, p in enumerate(positives)],
+            "negatives": [f"{index}{n}{i}" for i, n in enumerate(negatives)]}
+
+
+def test_source_prior_scores_a_candidate_by_its_sources_positive_rate():
+    train = [_sourced(0, ["qqp:meaning", "qqp:meaning"], ["qqp:answer", "imdb:x"]),
+             _sourced(1, ["qqp:answer"], ["imdb:x"])]
+    dev = [_sourced(2, ["qqp:meaning", "new:y"], ["imdb:x", "qqp:answer"])]
+    by_dataset = dev_eval.SourcePrior(train, "dataset", dev)
+    # qqp: 3 positives, 1 negative -> 4/6; imdb: 0 and 2 -> 1/4; an unseen source 1/2.
+    np.testing.assert_allclose(by_dataset.utility([], dev[0]["positives"] + dev[0]["negatives"]),
+                               [4 / 6, 1 / 2, 1 / 4, 4 / 6])
+    by_template = dev_eval.SourcePrior(train, "template", dev)
+    np.testing.assert_allclose(by_template.utility([], dev[0]["positives"] + dev[0]["negatives"]),
+                               [3 / 4, 1 / 2, 1 / 4, 2 / 4])
+    probabilities = np.exp(by_template.logits(["q"], dev[0]["positives"][:1]))
+    np.testing.assert_allclose(probabilities / probabilities.sum(-1, keepdims=True), [[1 / 4, 3 / 4]])
+    summary = dev_eval.evaluate(by_template, dev)
+    assert summary["tuples"][0]["ranking_auc"] == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+    both = {"reranker": summary, "prior": summary}
+    table = dev_eval.comparison_markdown(both, dev_eval.compared(both, "reranker"), "reranker")
+    assert "| prior | 0.750 [0.750, 0.750] | 0.875 [0.875, 0.875] | +0.000 [+0.000, +0.000] | +0.000" in table
+    with pytest.raises(UserError, match="cannot take the 'task' of example id"):
+        dev_eval.source_of("a|b|c|#1", "task")
+
+
+def test_reranker_is_compared_with_a_scorer_tuple_by_tuple():
+    summaries = {"reranker": {"tuples": [{"pair_accuracy": 0.9, "ranking_auc": 1.0},
+                                         {"pair_accuracy": 0.5, "ranking_auc": 0.5}]},
+                 "prior": {"tuples": [{"pair_accuracy": 0.5, "ranking_auc": 0.5},
+                                      {"pair_accuracy": 0.5, "ranking_auc": 0.5}]}}
+    differences = dev_eval.compared(summaries, "reranker")
+    assert list(differences) == ["prior"]
+    assert differences["prior"]["pair_accuracy"]["mean"] == pytest.approx(0.2)
+    assert differences["prior"]["ranking_auc"]["ci95"] == (0.0, 0.5)  # 2 tuples: 0, 0.25 or 0.5
+
+
 def test_dev_tuples_follow_the_recorded_split(tmp_path):
     path = tmp_path / "tuples.jsonl"
     path.write_text("".join(json.dumps({"index": i, "queries": ["q"], "positives": ["p"],
