@@ -121,11 +121,11 @@ def test_a_t5_upstream_trains_its_vocabulary_first(monkeypatch, tmp_path):
     pipeline.run(cfg, show_data=False)
     assert [argv[0] for argv in seen] == ["vocab", "train", "index", "generalize"]
     assert "--gin_file=gin/models/t5_1_1_mini.gin" in seen[1]
-    # The upstream stage's own bindings come after the pipeline's (gin: the last binding wins) and
-    # reach no other stage.
     train = seen[1]
     # It saves as it goes (150 steps: every 50, the newest 2 kept), so a stopped study resumes it.
     assert {"--gin.CHECKPOINT_PERIOD=50", "--gin.KEEP_CHECKPOINTS=2"} <= set(train)
+    # The upstream stage's own bindings come after the pipeline's (gin: the last binding wins) and
+    # reach no other stage.
     assert train[-2:] == ["--gin.up.cap=9", "--gin.WARMUP_STEPS=5"]
     assert train.index("--gin.up.cap=3") < train.index("--gin.up.cap=9")
     assert train.index("--gin.WARMUP_STEPS=50") < train.index("--gin.WARMUP_STEPS=5")

@@ -44,6 +44,9 @@ def dev_tuples(reranker_dir: str, tuples_path: str) -> list[dict]:
     return recorded_split(reranker_dir, tuples_path)[1]
 
 
+SOURCE_LEVELS = ("dataset", "template")
+
+
 def source_of(example_id: str, level: str) -> str:
     """An upstream example's source: its dataset ('dataset') or dataset and prompt ('template'),
     from an id `dataset|split|template|#n`."""
@@ -51,9 +54,6 @@ def source_of(example_id: str, level: str) -> str:
     if level not in SOURCE_LEVELS or len(parts) < 3:
         raise UserError(f"cannot take the {level!r} of example id {example_id!r}")
     return parts[0] if level == "dataset" else f"{parts[0]}|{parts[2]}"
-
-
-SOURCE_LEVELS = ("dataset", "template")
 
 
 class SourcePrior:
@@ -64,7 +64,6 @@ class SourcePrior:
     help, not which examples help which query."""
 
     def __init__(self, train: Sequence[dict], level: str, scored: Sequence[dict] = ()):
-        self.level = level
         counts: dict[str, list[int]] = {}
         for record in train:
             for key, ids in ((1, record["positive_ids"]), (0, record["negative_ids"])):
