@@ -15,6 +15,7 @@ A model directory holds:
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -189,9 +190,10 @@ _ABANDONED_READ_ERRORS = ("Event loop is closed", "sys.meta_path is None")
 def _silence_abandoned_reads() -> None:
     """Installed before Orbax reads a checkpoint: when one read fails (truncated data), the
     others it had started still complete, into an event loop that is gone by then (or at
-    interpreter exit), and each would print a traceback through `sys.unraisablehook`. The
-    failure itself is reported as one UserError, so those tracebacks, and only those, are
-    dropped."""
+    interpreter exit), and each would print a traceback through `sys.unraisablehook`; or, if
+    one of them fails too while the loop still runs, asyncio logs its never-retrieved
+    exception. The failure itself is reported as one UserError, so those tracebacks, and only
+    those, are dropped."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_abandoned_reads", False):
         return
@@ -202,6 +204,14 @@ def _silence_abandoned_reads() -> None:
 
     hook.drops_abandoned_reads = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_keeps_asyncio_record)
+
+
+def _keeps_asyncio_record(record: logging.LogRecord) -> bool:
+    """False for asyncio's "exception was never retrieved" of an abandoned TensorStore read."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (error is not None and "never retrieved" in record.getMessage()
+                and "[tensorstore_spec=" in str(error))
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
