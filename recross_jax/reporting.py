@@ -102,15 +102,16 @@ def comparisons(runs: Sequence[dict], metric: str, seed: int,
 
 def comparisons_markdown(results: Mapping[str, Mapping[str, dict]], scale: float = 100.0) -> str:
     """Per metric, one row per comparison: the mean paired difference, its bootstrap CI and
-    wins / ties / losses over (target, query set) pairs."""
+    wins / ties / losses over (target, query set) pairs, and the mean difference of each query set."""
     lines = []
     for metric, by_pair in results.items():
-        lines += [f"### {metric}", "", "| comparison | mean difference | 95% CI | wins / ties / losses |",
-                  "|---|---|---|---|"]
+        lines += [f"### {metric}", "", "| comparison | mean difference | 95% CI | wins / ties / losses "
+                  "| by query set |", "|---|---|---|---|---|"]
         for pair, c in by_pair.items():
             low, high = (scale * v for v in c["ci"])
+            by_query_set = ", ".join(f"{scale * v:+.2f}" for v in c["per_query_set"].values())
             lines.append(f"| {pair} | {scale * c['mean']:+.2f} | [{low:+.2f}, {high:+.2f}] | "
-                         f"{c['wins']} / {c['ties']} / {c['losses']} |")
+                         f"{c['wins']} / {c['ties']} / {c['losses']} | {by_query_set} |")
         lines.append("")
     return "\n".join(lines)
 

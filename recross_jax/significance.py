@@ -58,15 +58,20 @@ def bootstrap_mean_ci(diffs: Mapping[str, Sequence[float]], seed: int,
 def compare(scores_a: Mapping[str, Mapping[int, float]], scores_b: Mapping[str, Mapping[int, float]],
             seed: int, resamples: int = DEFAULT_RESAMPLES,
             confidence: float = DEFAULT_CONFIDENCE) -> dict:
-    """A − B: per target the mean and (population) std of the paired differences; overall the
-    mean over targets, its bootstrap CI, and wins / ties / losses over the (target, query set)
-    pairs."""
+    """A − B: per target the mean and (population) std of the paired differences; per query set
+    the mean difference over the targets that ran it; overall the mean over targets, its
+    bootstrap CI, and wins / ties / losses over the (target, query set) pairs."""
     diffs = paired_differences(scores_a, scores_b)
     flat = np.concatenate([np.asarray(v) for v in diffs.values()])
     low, high = bootstrap_mean_ci(diffs, seed, resamples, confidence)
+    by_query_set: dict[int, list[float]] = {}
+    for target in diffs:
+        for q in sorted(set(scores_a[target]) & set(scores_b[target])):
+            by_query_set.setdefault(q, []).append(float(scores_a[target][q]) - float(scores_b[target][q]))
     return {
         "per_target": {t: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
                        for t, v in diffs.items()},
+        "per_query_set": {q: float(np.mean(v)) for q, v in sorted(by_query_set.items())},
         "mean": float(np.mean([np.mean(v) for v in diffs.values()])),
         "ci": [low, high], "confidence": confidence, "resamples": resamples,
         "wins": int((flat > 0).sum()), "ties": int((flat == 0).sum()), "losses": int((flat < 0).sum()),

@@ -131,7 +131,10 @@ def test_comparisons_are_paired_over_query_sets(tmp_path):
     assert (result["wins"], result["ties"], result["losses"]) == (4, 1, 1)
     low, high = (100 * v for v in result["ci"])
     table = (tmp_path / "report" / "comparisons.md").read_text()
-    assert f"| recross - base | +10.00 | [{low:+.2f}, {high:+.2f}] | 4 / 1 / 1 |" in table
+    # Per query set over the two targets: (0.1 + 0.1) / 2, (0.2 + 0.0) / 2, (0.3 - 0.1) / 2.
+    assert result["per_query_set"] == pytest.approx({"0": 0.1, "1": 0.1, "2": 0.1})
+    assert (f"| recross - base | +10.00 | [{low:+.2f}, {high:+.2f}] | 4 / 1 / 1 "
+            "| +10.00, +10.00, +10.00 |") in table
     report = tmp_path / "report"
     assert (report / "table_accuracy.md").read_text() == (report / "table.md").read_text()
 

@@ -43,6 +43,7 @@ def test_compare_and_determinism():
     result = significance.compare(a, b, seed=3, resamples=2000)
     assert result["mean"] == pytest.approx((0.2 + 0.0) / 2)
     assert (result["wins"], result["ties"], result["losses"]) == (4, 1, 1)
+    assert result["per_query_set"] == pytest.approx({0: 0.1, 1: 0.1, 2: 0.1})
     assert result["per_target"]["cb"] == pytest.approx({"mean": 0.2, "std": np.std([0.1, 0.2, 0.3]), "n": 3})
     low, high = result["ci"]
     assert low < result["mean"] < high and low >= -0.1 and high <= 0.3
