@@ -117,6 +117,19 @@ def test_dev_tuples_follow_the_recorded_split(tmp_path):
         dev_eval.dev_tuples(str(reranker), str(other))
 
 
+def test_test_tuples_must_be_unseen(tmp_path):
+    seen = [{"index": i, "queries": [f"q{i}", "r"], "positives": ["p"], "negatives": ["n"]} for i in range(3)]
+    path = tmp_path / "test.jsonl"
+    fresh = [{**record, "index": 10 + i, "queries": [f"s{i}", "r"]} for i, record in enumerate(seen)]
+    path.write_text("".join(json.dumps(record) + "\n" for record in fresh))
+    assert dev_eval.unseen_tuples(str(path), seen) == fresh
+    path.write_text("".join(json.dumps(record) + "\n" for record in fresh + seen[1:2]))
+    with pytest.raises(UserError, match=r"tuples \[1\] have the queries of tuples the reranker trained"):
+        dev_eval.unseen_tuples(str(path), seen)
+    summary = dev_eval.evaluate(LengthReranker(), fresh)
+    assert dev_eval.markdown(summary, "test tuple").startswith("| test tuple | task | pairs |")
+
+
 def test_script_refuses_a_missing_reranker_in_one_line(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, os.path.join(repo, "scripts", "reranker_dev.py"), "--reranker",

@@ -1,4 +1,5 @@
-"""A trained reranker on its own dev tuples, as ReCross uses it (issue 22: is it above chance?).
+"""A trained reranker on its own dev tuples, or on test tuples mined apart, as ReCross uses it
+(issue 22: is it above chance?).
 
 `train_reranker` reports pair accuracy over the dev tuples' (query, candidate) pairs, which are
 not independent: a tuple's pairs share its candidates. Here each dev tuple is one unit: its
@@ -37,6 +38,18 @@ def recorded_split(reranker_dir: str, tuples_path: str) -> tuple[list[dict], lis
     tuples = cross_encoder.read_tuples(tuples_path)
     train, dev = cross_encoder.split_tuples(len(tuples), settings["dev_fraction"], settings["seed"])
     return [tuples[i] for i in train], [tuples[i] for i in dev]
+
+
+def unseen_tuples(tuples_path: str, seen: Sequence[dict]) -> list[dict]:
+    """The tuples of `tuples_path` (mined apart, e.g. with another seed), refused if any has the
+    queries of a tuple in `seen` (what the reranker trained on or chose its epoch by)."""
+    tuples = cross_encoder.read_tuples(tuples_path)
+    known = {tuple(record["queries"]) for record in seen}
+    repeated = [record.get("index") for record in tuples if tuple(record["queries"]) in known]
+    if repeated:
+        raise UserError(f"{tuples_path}: tuples {repeated[:5]} have the queries of tuples the reranker "
+                        "trained or chose its epoch on; mine test tuples with another seed")
+    return tuples
 
 
 def dev_tuples(reranker_dir: str, tuples_path: str) -> list[dict]:
@@ -109,9 +122,9 @@ def _tuple_bootstrap_ci(values: Sequence[float], seed: int) -> tuple[float, floa
     return significance.bootstrap_mean_ci({str(i): [v] for i, v in enumerate(values)}, seed)
 
 
-def markdown(summary: dict) -> str:
-    """Dev tuples as rows, then the means with their intervals."""
-    lines = ["| dev tuple | task | pairs | pair accuracy | ranking AUC |", "|---|---|---:|---:|---:|"]
+def markdown(summary: dict, unit: str = "dev tuple") -> str:
+    """The evaluated tuples as rows (`unit` heads their column), then the means with intervals."""
+    lines = [f"| {unit} | task | pairs | pair accuracy | ranking AUC |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['index']} | {r['task']} | {r['pairs']} | {r['pair_accuracy']:.3f} | "
               f"{r['ranking_auc']:.3f} |" for r in summary["tuples"]]
     cells = []
