@@ -182,13 +182,23 @@ class Pipeline:
             params, _ = finetune.finetune(self.config, params, pairs, self.finetune_config, mesh=self.mesh)
         return params
 
-    def evaluate(self, params: Any, examples: Sequence[evaluate.EvalExample]) -> dict:
-        """Rank-classification accuracy (with choices), EM and SoftEM of `params` on `examples`."""
-        results, _, _ = evaluate.evaluate_params(
+    def evaluate(self, params: Any, examples: Sequence[evaluate.EvalExample]) -> tuple[dict, list[dict]]:
+        """Rank-classification accuracy (with choices), EM and SoftEM of `params` on `examples`,
+        and per example its id, greedy prediction and chosen answer option (where it has them),
+        so a run's errors can be read, not only counted."""
+        results, predictions, choice_scores = evaluate.evaluate_params(
             self.config, params, examples, self.vocabulary, mesh=self.mesh,
             batch_size=self.eval_batch_size, length_normalize=self.length_normalize,
             decode=self.decode, progress=False)
-        return results
+        outputs = []
+        for example, prediction, scores in zip(examples, predictions, choice_scores):
+            output: dict[str, Any] = {"example_id": example.example_id}
+            if prediction is not None:
+                output["prediction"] = prediction
+            if scores is not None:
+                output["choice"] = example.answer_choices[int(np.argmax(scores))]
+            outputs.append(output)
+        return results, outputs
 
 
 def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir: str, *,
@@ -234,7 +244,7 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
             max_target_length=max_target_length)
         prepared[target] = examples, vocabulary, target_query_sets(
             target, query_split, {e.inputs for e in examples}, num_query_sets, num_queries, seed)
-    base_metrics: dict[tuple[str, ...], dict] = {}  # by test set: query sets may share one
+    base_outputs: dict[tuple[str, ...], tuple] = {}  # by test set: query sets may share one
     with tqdm(total=num_query_sets * len(targets) * len(methods), desc="generalize", unit="run",
               disable=not progress) as bar:
         for index in range(num_query_sets):
@@ -258,9 +268,10 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                     if method == "base":
                         start = time.perf_counter()
                         test_ids = (target, *(e.example_id for e in test))
-                        if test_ids not in base_metrics:
-                            base_metrics[test_ids] = pipeline.evaluate(pipeline.params, test)
-                        record.update(metrics=base_metrics[test_ids], retrieved_ids=[], retrieved_tasks=[])
+                        if test_ids not in base_outputs:
+                            base_outputs[test_ids] = pipeline.evaluate(pipeline.params, test)
+                        metrics, outputs = base_outputs[test_ids]
+                        record.update(metrics=metrics, outputs=outputs, retrieved_ids=[], retrieved_tasks=[])
                         record["time"]["evaluate"] = time.perf_counter() - start
                     else:
                         record["run_seed"] = run_seed(seed, target, query_set.index)
@@ -350,9 +361,9 @@ def _run_method(pipeline: Pipeline, method: str, query_set: QuerySet,
     params = pipeline.relearn(stages)
     times["relearn"] = time.perf_counter() - start
     start = time.perf_counter()
-    metrics = pipeline.evaluate(params, examples)
+    metrics, outputs = pipeline.evaluate(params, examples)
     times["evaluate"] = time.perf_counter() - start
-    return {"metrics": metrics, "retrieved_ids": [r["example_id"] for r in retrieved],
+    return {"metrics": metrics, "outputs": outputs, "retrieved_ids": [r["example_id"] for r in retrieved],
             "retrieved_tasks": [r["task"] for r in retrieved], "time": times}
 
 

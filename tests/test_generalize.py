@@ -65,7 +65,8 @@ def test_every_method_writes_valid_json_and_resumes(setup, capsys, monkeypatch):
     assert "| target | base | random | recross_dense |" in table and "**overall mean**" in table
     test_ids = {}
     for target, has_choices in ((f"{PREFIX}.target_mc", True), (f"{PREFIX}.target_gen", False)):
-        test_ids[target] = {e["example_id"] for e in generalize.target_rows(target, "test")}
+        golds = {e["example_id"]: e["targets"] for e in generalize.target_rows(target, "test")}
+        test_ids[target] = set(golds)
         query_ids = []
         for method in methods:
             for q in range(2):
@@ -80,6 +81,16 @@ def test_every_method_writes_valid_json_and_resumes(setup, capsys, monkeypatch):
                 assert target not in record["retrieved_tasks"]  # the pool holds it, but it is unseen
                 if method != "base":
                     assert record["time"]["relearn"] > 0 and record["time"]["evaluate"] > 0
+                # Each test example's outputs, from which the metrics were counted.
+                outputs = record["outputs"]
+                assert len(outputs) == record["num_test_examples"] == record["metrics"]["num_examples"]
+                assert {o["example_id"] for o in outputs} <= test_ids[target]
+                assert all(isinstance(o["prediction"], str) for o in outputs)
+                if has_choices:
+                    hits = [o["choice"] == golds[o["example_id"]] for o in outputs]
+                    assert record["metrics"]["accuracy"] == pytest.approx(sum(hits) / len(hits))
+                else:
+                    assert not any("choice" in o for o in outputs)
                 query_ids.append(tuple(record["query_ids"]))
         sets = set(query_ids)
         assert len(sets) == 2  # the same two query sets for every method
