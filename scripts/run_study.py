@@ -26,7 +26,7 @@ import sys
 
 import seqio
 
-from recross_jax import corpus, pipeline, reporting, task_modules
+from recross_jax import corpus, pipeline, reporting, significance, task_modules
 from recross_jax.errors import UserError
 from recross_jax.io_utils import write_json_atomic, write_text_atomic
 from tasks import recross
@@ -122,11 +122,19 @@ def ablation_config(cfg: pipeline.PipelineConfig, change: dict) -> tuple[pipelin
                                num_query_sets=ABLATION_QUERY_SETS, **change), extra
 
 
-def ablation_row(results: str, method: str, metrics: list[str]) -> dict[str, float]:
-    """`method`'s mean over the Table-1 targets (first ABLATION_QUERY_SETS query sets)."""
+def ablation_row(results: str, method: str, metrics: list[str],
+                 reference: dict[str, dict[int, float]] | None = None) -> dict:
+    """`method`'s mean over the Table-1 targets (first ABLATION_QUERY_SETS query sets) per metric;
+    with `reference` (ReCross's SoftEM per target and query set) also the SoftEM difference from
+    it, paired by target and query set, with its bootstrap interval."""
     runs = reporting.load_runs(results, targets=TABLE1, methods=[method],
                                num_query_sets=ABLATION_QUERY_SETS)
-    return {m: reporting.summarize(runs, m)[method]["overall"]["mean"] for m in metrics}
+    row: dict = {m: reporting.summarize(runs, m)[method]["overall"]["mean"] for m in metrics}
+    if reference is not None:
+        scores = reporting.scores_by_method(runs, "soft_em")[method]
+        compared = significance.compare(scores, reference, seed=0)
+        row["soft_em_minus_recross"] = {"mean": compared["mean"], "ci": compared["ci"]}
+    return row
 
 
 def run_ablations(cfg: pipeline.PipelineConfig) -> str:
@@ -138,8 +146,11 @@ def run_ablations(cfg: pipeline.PipelineConfig) -> str:
     reranker = pipeline.mining_paths(cfg)[1]
     main_runs = os.path.join(cfg.out_dir, "generalize")
     metrics = list(reporting.METRICS)
-    rows = {"base": ablation_row(main_runs, "base", metrics),
-            "µ = 1 (ReCross†)": ablation_row(main_runs, "recross_dense", metrics),
+    recross_runs = reporting.load_runs(main_runs, targets=TABLE1, methods=["recross"],
+                                       num_query_sets=ABLATION_QUERY_SETS)
+    reference = reporting.scores_by_method(recross_runs, "soft_em")["recross"]
+    rows = {"base": ablation_row(main_runs, "base", metrics, reference),
+            "µ = 1 (ReCross†)": ablation_row(main_runs, "recross_dense", metrics, reference),
             f"ReCross (|Q| = {cfg.num_queries}, |R| = {cfg.num_retrieved}, µ = {cfg.upsample_ratio:g})":
                 ablation_row(main_runs, "recross", metrics)}
     for name, change in ABLATIONS.items():
@@ -148,12 +159,18 @@ def run_ablations(cfg: pipeline.PipelineConfig) -> str:
         results = os.path.join(out, slug)
         pipeline.run_stage(out, slug, pipeline.generalize_argv(ablated, results, reranker, extra),
                            os.path.join(results, pipeline.STAGE_RECORD))
-        rows[name] = ablation_row(results, "recross", metrics)
+        rows[name] = ablation_row(results, "recross", metrics, reference)
     write_json_atomic(os.path.join(out, "ablations.json"), rows)
     lines = [f"Mean over the {len(TABLE1)} Table-1 targets, query sets 0-{ABLATION_QUERY_SETS - 1} "
-             "(points).", "", "| setting | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{100 * row[m]:.2f}" for m in metrics) + " |"
-              for name, row in rows.items()]
+             "(points); the last column pairs each setting with ReCross by target and query set "
+             "(95% bootstrap interval).", "",
+             "| setting | " + " | ".join(metrics) + " | soft_em − ReCross |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for name, row in rows.items():
+        difference = row.get("soft_em_minus_recross")
+        cell = (f"{100 * difference['mean']:+.2f} [{100 * difference['ci'][0]:+.2f}, "
+                f"{100 * difference['ci'][1]:+.2f}]") if difference else ""
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[m]:.2f}" for m in metrics) + f" | {cell} |")
     table = "\n".join(lines) + "\n"
     write_text_atomic(os.path.join(out, "ablations.md"), table)
     print(f"\n=== ablations ===\n{table}", flush=True)

@@ -93,12 +93,15 @@ def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
     assert "--gin.NUM_RETRIEVED=32" in seen[3] and "--gin.NUM_RETRIEVED=128" in seen[4]
     assert "--gin.UPSAMPLE_RATIO=3.0" in seen[5]
     assert "--gin.generalize.run.exclude_tasks=['recross.cos_e_v1_11'," in " ".join(seen[6])
-    assert "| base | 20.00 | 30.00 |" in table
-    assert "| µ = 1 (ReCross†) | 30.00 | 40.00 |" in table
-    assert "| ReCross (|Q| = 16, |R| = 64, µ = 2) | 40.00 | 50.00 |" in table
-    assert "| |Q| = 1 | 1.00 | 11.00 |" in table and "| without multiple-choice QA | 7.00 | 17.00 |" in table
+    # The last column: SoftEM minus ReCross's (0.4 on every target and query set), paired.
+    assert "| base | 20.00 | 30.00 | -20.00 [-20.00, -20.00] |" in table
+    assert "| µ = 1 (ReCross†) | 30.00 | 40.00 | -10.00 [-10.00, -10.00] |" in table
+    assert "| ReCross (|Q| = 16, |R| = 64, µ = 2) | 40.00 | 50.00 |  |" in table
+    assert "| |Q| = 1 | 1.00 | 11.00 | -39.00 [-39.00, -39.00] |" in table
+    assert "| without multiple-choice QA | 7.00 | 17.00 | -33.00 [-33.00, -33.00] |" in table
     recorded = json.loads((tmp_path / "ablations" / "ablations.json").read_text())
     assert recorded["µ = 3"]["soft_em"] == pytest.approx(0.06)
+    assert recorded["µ = 3"]["soft_em_minus_recross"]["mean"] == pytest.approx(-0.34)
     run_study.run_ablations(cfg)  # resumes: every stage is up to date
     assert len(seen) == len(run_study.ABLATIONS)
 
