@@ -71,6 +71,7 @@ class PipelineConfig:
     num_retrieved: int = 32
     upsample_ratio: float = 2.0
     max_eval_examples: int = 64
+    eval_split: str = "test"            # the targets' split that generalization is scored on
     relearn_learning_rate: float = 1e-4
     relearn_epochs: int = 2
     # Upstream tasks standing in for targets to choose relearn_learning_rate from
@@ -257,6 +258,7 @@ def generalize_argv(cfg: PipelineConfig, results: str, reranker: str | None,
         f"--gin.NUM_QUERY_SETS={cfg.num_query_sets}", f"--gin.NUM_QUERIES={cfg.num_queries}",
         f"--gin.NUM_RETRIEVED={cfg.num_retrieved}", f"--gin.UPSAMPLE_RATIO={cfg.upsample_ratio}",
         f"--gin.generalize.run.max_eval_examples={cfg.max_eval_examples}",
+        *([f"--gin.generalize.run.eval_split='{cfg.eval_split}'"] if cfg.eval_split != "test" else []),
         f"--gin.finetune.FinetuneConfig.learning_rate={cfg.relearn_learning_rate}",
         f"--gin.finetune.FinetuneConfig.epochs={cfg.relearn_epochs}", *extra]
 

@@ -135,3 +135,21 @@ def test_ablations_without_the_release_split_are_refused(monkeypatch, capsys, tm
     err = capsys.readouterr().err
     assert err == "error: --ablations change the release study: add release to --splits\n"
     assert not (tmp_path / "study").exists()
+
+
+def test_control_is_scored_where_its_answers_are_not_all_one():
+    # The release's rotten_tomatoes test file is the head of a label-sorted split: every review
+    # positive. Its validation file (rows of the train split) has both labels in like measure.
+    def positive_share(name):
+        rows = run_study.recross.read_file(f"rotten_tomatoes/{name}.json")
+        labels = [row[1][0] for row in rows if row[1][0] in ("positive", "negative")]
+        return sum(label == "positive" for label in labels) / len(labels)
+
+    assert positive_share("test-1000") == 1.0
+    assert 0.4 < positive_share("validation-1000") < 0.6
+    control = run_study.SPLITS["control"]
+    assert control.eval_split == "validation"
+    argv = run_study.pipeline.generalize_argv(control, "out", None)
+    assert "--gin.generalize.run.eval_split='validation'" in argv
+    release = run_study.pipeline.generalize_argv(run_study.SPLITS["release"], "out", None)
+    assert not any("eval_split" in flag for flag in release)
