@@ -25,12 +25,17 @@ def paired_differences(scores_a: Mapping[str, Mapping[int, float]],
     methods ran (`scores_x[target][query_set]` = score)."""
     diffs = {}
     for target in sorted(set(scores_a) & set(scores_b)):
-        shared = sorted(set(scores_a[target]) & set(scores_b[target]))
+        shared = _shared_query_sets(scores_a[target], scores_b[target])
         if shared:
             diffs[target] = [float(scores_a[target][q]) - float(scores_b[target][q]) for q in shared]
     if not diffs:
         raise UserError("the two methods share no (target, query set) run: nothing to compare")
     return diffs
+
+
+def _shared_query_sets(a: Mapping[int, float], b: Mapping[int, float]) -> list[int]:
+    """The query sets both of one target's score maps hold, in order."""
+    return sorted(set(a) & set(b))
 
 
 def bootstrap_mean_ci(diffs: Mapping[str, Sequence[float]], seed: int,
@@ -65,9 +70,9 @@ def compare(scores_a: Mapping[str, Mapping[int, float]], scores_b: Mapping[str, 
     flat = np.concatenate([np.asarray(v) for v in diffs.values()])
     low, high = bootstrap_mean_ci(diffs, seed, resamples, confidence)
     by_query_set: dict[int, list[float]] = {}
-    for target in diffs:
-        for q in sorted(set(scores_a[target]) & set(scores_b[target])):
-            by_query_set.setdefault(q, []).append(float(scores_a[target][q]) - float(scores_b[target][q]))
+    for target, row in diffs.items():
+        for q, diff in zip(_shared_query_sets(scores_a[target], scores_b[target]), row):
+            by_query_set.setdefault(q, []).append(diff)
     return {
         "per_target": {t: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
                        for t, v in diffs.items()},

@@ -126,13 +126,16 @@ def ablation_config(cfg: pipeline.PipelineConfig, change: dict) -> tuple[pipelin
                                num_query_sets=ABLATION_QUERY_SETS, **change), extra
 
 
-def ablation_row(results: str, method: str, metrics: list[str],
+def ablation_runs(results: str, methods: list[str]) -> list[dict]:
+    """The runs of `methods` on the Table-1 targets' first ABLATION_QUERY_SETS query sets."""
+    return reporting.load_runs(results, targets=TABLE1, methods=methods, num_query_sets=ABLATION_QUERY_SETS)
+
+
+def ablation_row(runs: list[dict], method: str, metrics: list[str],
                  reference: dict[str, dict[int, float]] | None = None) -> dict:
-    """`method`'s mean over the Table-1 targets (first ABLATION_QUERY_SETS query sets) per metric;
-    with `reference` (ReCross's SoftEM per target and query set) also the SoftEM difference from
-    it, paired by target and query set, with its bootstrap interval."""
-    runs = reporting.load_runs(results, targets=TABLE1, methods=[method],
-                               num_query_sets=ABLATION_QUERY_SETS)
+    """`method`'s mean over `runs` (`ablation_runs`) per metric; with `reference` (ReCross's SoftEM
+    per target and query set) also the SoftEM difference from it, paired by target and query set,
+    with its bootstrap interval."""
     row: dict = {m: reporting.summarize(runs, m)[method]["overall"]["mean"] for m in metrics}
     if reference is not None:
         scores = reporting.scores_by_method(runs, "soft_em")[method]
@@ -150,20 +153,19 @@ def run_ablations(cfg: pipeline.PipelineConfig) -> str:
     reranker = pipeline.mining_paths(cfg)[1]
     main_runs = os.path.join(cfg.out_dir, "generalize")
     metrics = list(reporting.METRICS)
-    recross_runs = reporting.load_runs(main_runs, targets=TABLE1, methods=["recross"],
-                                       num_query_sets=ABLATION_QUERY_SETS)
-    reference = reporting.scores_by_method(recross_runs, "soft_em")["recross"]
-    rows = {"base": ablation_row(main_runs, "base", metrics, reference),
-            "µ = 1 (ReCross†)": ablation_row(main_runs, "recross_dense", metrics, reference),
+    main = ablation_runs(main_runs, ["base", "recross_dense", "recross"])
+    reference = reporting.scores_by_method(main, "soft_em")["recross"]
+    rows = {"base": ablation_row(main, "base", metrics, reference),
+            "µ = 1 (ReCross†)": ablation_row(main, "recross_dense", metrics, reference),
             f"ReCross (|Q| = {cfg.num_queries}, |R| = {cfg.num_retrieved}, µ = {cfg.upsample_ratio:g})":
-                ablation_row(main_runs, "recross", metrics)}
+                ablation_row(main, "recross", metrics)}
     for name, change in ABLATIONS.items():
         ablated, extra = ablation_config(cfg, change)
         slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
         results = os.path.join(out, slug)
         pipeline.run_stage(out, slug, pipeline.generalize_argv(ablated, results, reranker, extra),
                            os.path.join(results, pipeline.STAGE_RECORD))
-        rows[name] = ablation_row(results, "recross", metrics, reference)
+        rows[name] = ablation_row(ablation_runs(results, ["recross"]), "recross", metrics, reference)
     write_json_atomic(os.path.join(out, "ablations.json"), rows)
     lines = [f"Mean over the {len(TABLE1)} Table-1 targets, query sets 0-{ABLATION_QUERY_SETS - 1} "
              "(points); the last column pairs each setting with ReCross by target and query set "
