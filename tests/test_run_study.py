@@ -153,3 +153,44 @@ def test_control_is_scored_where_its_answers_are_not_all_one():
     assert "--gin.generalize.run.eval_split='validation'" in argv
     release = run_study.pipeline.generalize_argv(run_study.SPLITS["release"], "out", None)
     assert not any("eval_split" in flag for flag in release)
+
+
+def test_control_runs_again_at_each_sensitivity_rate_and_tabulates_it(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(run_study.SPLITS["control"], out_dir=str(tmp_path), num_query_sets=2,
+                              relearn_rate_tasks=(), relearn_learning_rate=1e-6)
+    scores = {1e-6: 0.5, 1e-5: 0.8}
+
+    def write_runs(results, rate):
+        for method in cfg.methods:
+            for q in range(2):
+                path = pathlib.Path(results) / method / f"q{q}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({
+                    "target": run_study.CONTROL_TARGET, "method": method, "query_set": q,
+                    "metrics": {"accuracy": 0.5 if method == "base" else scores[rate]},
+                    "retrieved_tasks": [] if method == "base" else [run_study.CONTROL_FAMILY[0]]}))
+
+    write_runs(tmp_path / "generalize", 1e-6)
+    seen = []
+
+    def fake_main(argv):
+        seen.append(argv)
+        flags = dict(a.split("=", 1) for a in argv if a.startswith("--gin.") and "=" in a)
+        rate = float(flags["--gin.finetune.FinetuneConfig.learning_rate"])
+        write_runs(flags["--gin.OUT_DIR"].strip("'"), rate)
+        return 0
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    run_study.run_control(cfg, [1e-6, 1e-5])  # the chosen rate is not run twice
+    assert len(seen) == 1 and "--gin.generalize.run.eval_split='validation'" in seen[0]
+    assert f"--gin.OUT_DIR='{tmp_path / 'generalize_lr_1e-05'}'" in seen[0]
+    main_table = (tmp_path / "control.md").read_text()
+    assert main_table.startswith("Re-learning rate 1e-06. ")
+    assert "| recross | 100.0% | 50.00 ± 0.00 |" in main_table
+    sensitivity = (tmp_path / "control_lr_1e-05.md").read_text()
+    assert sensitivity.startswith("Re-learning rate 1e-05. ")
+    assert "| recross | 100.0% | 80.00 ± 0.00 |" in sensitivity
+    recorded = json.loads((tmp_path / "control_lr_1e-05.json").read_text())
+    assert recorded["learning_rate"] == 1e-5 and recorded["methods"]["base"]["accuracy"]["mean"] == 0.5
+    run_study.run_control(cfg, [1e-5])  # resumes: up to date
+    assert len(seen) == 1
