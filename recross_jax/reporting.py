@@ -243,46 +243,53 @@ def alignment_markdown(alignment: Mapping[str, Mapping[str, Mapping[str, float]]
     return "\n".join(lines) + "\n"
 
 
-def plot_heatmap(runs: Sequence[dict], path: str, top_tasks: int = 25) -> None:
-    """PNG: per method a panel (stacked) of targets × upstream tasks, cells = share of retrieved examples.
-
-    The `top_tasks` upstream tasks retrieved most often overall get their own column; the rest
-    are summed into "other".
-    """
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+def retrieval_grids(runs: Sequence[dict], top_tasks: int = 25
+                    ) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
+    """(targets, upstream columns, {method: targets × columns grid of the share of that target's
+    retrieved examples, over query sets}). The `top_tasks` upstream tasks retrieved most often
+    overall get their own column; the rest are summed into "other", so each row sums to 1."""
     dist = retrieval_distribution(runs)
     if not dist:
         raise UserError("no run retrieved anything: nothing to plot")
-    methods = sorted(dist, key=_method_rank)
     targets = sorted(set().union(*(d.keys() for d in dist.values())))
-    totals = collections.Counter()
+    totals: collections.Counter = collections.Counter()
     for per_target in dist.values():
         for counts in per_target.values():
             totals.update(counts)
     columns = [task for task, _ in totals.most_common(top_tasks)]
     has_other = len(totals) > len(columns)
-    labels = columns + (["other"] if has_other else [])
-    # One panel per method, stacked, so long task names stay readable on both axes.
-    panel_height = 1.0 + 0.4 * len(targets)
-    fig, axes = plt.subplots(len(methods), 1, squeeze=False, sharex=True,
-                             figsize=(max(8.0, 0.3 * len(labels) + 4.0), panel_height * len(methods) + 2.5))
-    for ax, method in zip(axes[:, 0], methods):
-        grid = np.zeros((len(targets), len(labels)))
+    grids = {}
+    for method in sorted(dist, key=_method_rank):
+        grid = np.zeros((len(targets), len(columns) + has_other))
         for i, target in enumerate(targets):
             counts = dist[method].get(target, collections.Counter())
             n = sum(counts.values()) or 1
             grid[i, :len(columns)] = [counts[c] / n for c in columns]
             if has_other:
                 grid[i, -1] = sum(v for k, v in counts.items() if k not in columns) / n
-        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(grid.max(), 1e-9))
+        grids[method] = grid
+    return targets, columns + (["other"] if has_other else []), grids
+
+
+def plot_heatmap(runs: Sequence[dict], path: str, top_tasks: int = 25) -> None:
+    """PNG: per method a panel (stacked) of `retrieval_grids`, on one colour scale so that the
+    methods' panels compare cell by cell."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    targets, labels, grids = retrieval_grids(runs, top_tasks)
+    vmax = max(max(grid.max() for grid in grids.values()), 1e-9)
+    # One panel per method, stacked, so long task names stay readable on both axes.
+    panel_height = 1.0 + 0.4 * len(targets)
+    fig, axes = plt.subplots(len(grids), 1, squeeze=False, sharex=True, layout="constrained",
+                             figsize=(max(8.0, 0.3 * len(labels) + 4.0), panel_height * len(grids) + 2.5))
+    for ax, (method, grid) in zip(axes[:, 0], grids.items()):
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax)
         ax.set_title(method)
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
         ax.tick_params(axis="x", labelbottom=ax is axes[-1, 0])
         ax.set_yticks(range(len(targets)), targets, fontsize=8)
-        fig.colorbar(image, ax=ax, fraction=0.03, label="share of retrieved examples")
-    fig.tight_layout()
+    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.03, label="share of retrieved examples")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

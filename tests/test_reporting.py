@@ -92,6 +92,20 @@ def test_retrieval_distribution_counts_over_query_sets(tmp_path):
 TRANSFER = {"cb": {"up.a": 0.2, "up.b": -0.1, "up.c": 0.5}, "wic": {"up.a": 0.3}}
 
 
+def test_retrieval_grids_are_shares_with_the_rest_as_other():
+    runs = [{"target": "cb", "method": "recross", "retrieved_tasks": ["a", "a", "b", "c"]},
+            {"target": "wic", "method": "recross", "retrieved_tasks": ["a", "c", "c", "c"]},
+            {"target": "cb", "method": "sbert", "retrieved_tasks": ["b", "b"]},
+            {"target": "cb", "method": "base", "retrieved_tasks": []}]
+    targets, labels, grids = reporting.retrieval_grids(runs, top_tasks=2)
+    assert targets == ["cb", "wic"] and labels == ["c", "a", "other"]  # c 4, a 3, b 3 (first seen)
+    assert list(grids) == ["sbert", "recross"]  # in the methods' order; base retrieved nothing
+    assert grids["recross"].tolist() == [[0.25, 0.5, 0.25], [0.75, 0.25, 0.0]]
+    assert grids["sbert"].tolist() == [[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]  # wic: no sbert run
+    with pytest.raises(UserError, match="no run retrieved anything"):
+        reporting.retrieval_grids(runs[-1:])
+
+
 def test_transfer_alignment_matches_hand_computation(tmp_path):
     write_runs(tmp_path)
     runs = reporting.load_runs(str(tmp_path))
