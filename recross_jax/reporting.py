@@ -166,10 +166,25 @@ def retrieved_share(runs: Iterable[dict], tasks: Iterable[str]) -> dict[str, dic
             for method in sorted(dist, key=_method_rank)}
 
 
-def retrieved_tasks_markdown(runs: Iterable[dict], top: int = 3) -> str:
-    """Targets as rows, retrieval methods as columns: each method's `top` most retrieved upstream
-    tasks with their share of R over all query sets (e.g. "snli 36%, quartz 25%")."""
-    dist = retrieval_distribution(runs)
+def prediction_distribution(runs: Iterable[dict]) -> dict[str, dict[str, collections.Counter]]:
+    """{method: {target: Counter(greedy prediction, lowercased, whitespace collapsed → count)}}
+    over query sets, from the runs that kept their test examples' `outputs`."""
+    dist: dict[str, dict[str, collections.Counter]] = collections.defaultdict(
+        lambda: collections.defaultdict(collections.Counter))
+    for run in runs:
+        predictions = [o["prediction"] for o in run.get("outputs", ()) if "prediction" in o]
+        if predictions:
+            dist[run["method"]][run["target"]].update(" ".join(p.lower().split()) for p in predictions)
+    return dist
+
+
+def _top_counts_markdown(dist: Mapping[str, Mapping[str, collections.Counter]], top: int,
+                         max_chars: int = 40) -> str:
+    """Targets as rows, methods as columns, each cell its `top` most common keys with their share."""
+    def label(key: str) -> str:
+        key = key if len(key) <= max_chars else key[:max_chars - 1] + "…"
+        return (key or '""').replace("|", "\\|")
+
     methods = sorted(dist, key=_method_rank)
     targets = sorted(set().union(*(d.keys() for d in dist.values())))
     lines = ["| target | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
@@ -178,10 +193,23 @@ def retrieved_tasks_markdown(runs: Iterable[dict], top: int = 3) -> str:
         for method in methods:
             counts = dist[method].get(target, collections.Counter())
             total = sum(counts.values())
-            cells.append(", ".join(f"{task} {100 * n / total:.0f}%" for task, n in counts.most_common(top))
-                         or "–")
+            shares = [f"{label(key)} {100 * n / total:.0f}%" for key, n in counts.most_common(top)]
+            cells.append(", ".join(shares) or "–")
         lines.append(f"| {target} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def retrieved_tasks_markdown(runs: Iterable[dict], top: int = 3) -> str:
+    """Targets as rows, retrieval methods as columns: each method's `top` most retrieved upstream
+    tasks with their share of R over all query sets (e.g. "snli 36%, quartz 25%")."""
+    return _top_counts_markdown(retrieval_distribution(runs), top)
+
+
+def frequent_predictions_markdown(runs: Iterable[dict], top: int = 3) -> str:
+    """Targets as rows, methods as columns: each method's `top` most frequent greedy predictions
+    (lowercased) with their share of the test examples over all query sets (e.g. "no 62%, yes 20%"),
+    which shows a model that answers every target in one form."""
+    return _top_counts_markdown(prediction_distribution(runs), top)
 
 
 def transfer_alignment(runs: Iterable[dict], scores: Mapping[str, Mapping[str, float]],
@@ -301,8 +329,9 @@ def write_report(results_dir: str, out_dir: str, metric: str | None = None,
     """Writes `table.md`, `table.csv` and `summary.json` (`metric`, default each target's primary
     one) into out_dir, and for each of METRICS every run has, `table_<metric>.md` and the paired
     comparisons (`comparisons.md` / `.json`, bootstrap seeded by `seed`); where runs retrieved
-    anything also `retrieved_tasks.md` and `retrieval_heatmap.png`, and with `transfer_scores`
-    (see `transfer_alignment`) `transfer_alignment.md`. `select`: `load_runs`'s filters.
+    anything also `retrieved_tasks.md` and `retrieval_heatmap.png`, with `transfer_scores`
+    (see `transfer_alignment`) `transfer_alignment.md`, and where runs kept their outputs
+    `predictions.md` (`frequent_predictions_markdown`). `select`: `load_runs`'s filters.
     Returns the summary."""
     runs = load_runs(results_dir, **select)
     summary = summarize(runs, metric)
@@ -316,6 +345,8 @@ def write_report(results_dir: str, out_dir: str, metric: str | None = None,
     if any(compared.values()):
         write_json_atomic(os.path.join(out_dir, "comparisons.json"), compared)
         write_text_atomic(os.path.join(out_dir, "comparisons.md"), comparisons_markdown(compared))
+    if prediction_distribution(runs):
+        write_text_atomic(os.path.join(out_dir, "predictions.md"), frequent_predictions_markdown(runs))
     if retrieval_distribution(runs):
         write_text_atomic(os.path.join(out_dir, "retrieved_tasks.md"), retrieved_tasks_markdown(runs))
         plot_heatmap(runs, os.path.join(out_dir, "retrieval_heatmap.png"))

@@ -106,6 +106,29 @@ def test_retrieval_grids_are_shares_with_the_rest_as_other():
         reporting.retrieval_grids(runs[-1:])
 
 
+def test_frequent_predictions_show_each_methods_answer_forms(tmp_path):
+    def outputs(*predictions):
+        return [{"example_id": str(i), "prediction": p} for i, p in enumerate(predictions)]
+
+    runs = [{"target": "cb", "method": "base", "query_set": 0,
+             "outputs": outputs("No", "yes", " no ", "a|b")},
+            {"target": "cb", "method": "base", "query_set": 1, "outputs": outputs("no", "maybe")},
+            {"target": "cb", "method": "recross", "query_set": 0, "outputs": outputs("x" * 50, "")},
+            {"target": "wic", "method": "recross", "query_set": 0}]  # a run without outputs
+    dist = reporting.prediction_distribution(runs)
+    assert dist["base"]["cb"] == {"no": 3, "yes": 1, "a|b": 1, "maybe": 1}
+    assert "wic" not in dist["recross"]
+    table = reporting.frequent_predictions_markdown(runs, top=2)
+    assert table.splitlines()[0] == "| target | base | recross |"
+    assert "| cb | no 50%, yes 17% | " + "x" * 39 + "… 50%, \"\" 50% |" in table
+    assert "a\\|b" in reporting.frequent_predictions_markdown(runs, top=4)  # escaped for markdown
+    for q, run in enumerate(runs[:2]):
+        run["metrics"] = {"accuracy": 0.5}
+        (tmp_path / f"run{q}.json").write_text(json.dumps(run))
+    reporting.write_report(str(tmp_path), str(tmp_path / "report"))
+    assert (tmp_path / "report" / "predictions.md").read_text().startswith("| target | base |")
+
+
 def test_transfer_alignment_matches_hand_computation(tmp_path):
     write_runs(tmp_path)
     runs = reporting.load_runs(str(tmp_path))
