@@ -271,6 +271,27 @@ def alignment_markdown(alignment: Mapping[str, Mapping[str, Mapping[str, float]]
     return "\n".join(lines) + "\n"
 
 
+def time_markdown(runs: Sequence[dict]) -> str:
+    """Per method: its runs' count, mean seconds per run in each phase (retrieve, rerank, relearn,
+    evaluate) and in all, and the hours of all its runs: what each method costs."""
+    by_method: dict[str, list[dict]] = collections.defaultdict(list)
+    for run in runs:
+        if run.get("time"):
+            by_method[run["method"]].append(run["time"])
+    phases = [p for p in ("retrieve", "rerank", "relearn", "evaluate")
+              if any(p in t for times in by_method.values() for t in times)]
+    header = ["method", "runs", *(f"{p} (s)" for p in phases), "per run (s)", "all runs (h)"]
+    lines = ["| " + " | ".join(header) + " |",
+             "|---" * (len(phases) + 4) + "|"]
+    for method in sorted(by_method, key=_method_rank):
+        times = by_method[method]
+        cells = [f"{np.mean([t.get(p, 0.0) for t in times]):.1f}" for p in phases]
+        totals = [sum(t.values()) for t in times]
+        lines.append(f"| {method} | {len(times)} | " + " | ".join(cells)
+                     + f" | {np.mean(totals):.1f} | {sum(totals) / 3600:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def retrieval_grids(runs: Sequence[dict], top_tasks: int = 25
                     ) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
     """(targets, upstream columns, {method: targets × columns grid of the share of that target's
@@ -330,8 +351,9 @@ def write_report(results_dir: str, out_dir: str, metric: str | None = None,
     one) into out_dir, and for each of METRICS every run has, `table_<metric>.md` and the paired
     comparisons (`comparisons.md` / `.json`, bootstrap seeded by `seed`); where runs retrieved
     anything also `retrieved_tasks.md` and `retrieval_heatmap.png`, with `transfer_scores`
-    (see `transfer_alignment`) `transfer_alignment.md`, and where runs kept their outputs
-    `predictions.md` (`frequent_predictions_markdown`). `select`: `load_runs`'s filters.
+    (see `transfer_alignment`) `transfer_alignment.md`, where runs kept their outputs
+    `predictions.md` (`frequent_predictions_markdown`), and where they timed their phases
+    `times.md` (`time_markdown`). `select`: `load_runs`'s filters.
     Returns the summary."""
     runs = load_runs(results_dir, **select)
     summary = summarize(runs, metric)
@@ -345,6 +367,8 @@ def write_report(results_dir: str, out_dir: str, metric: str | None = None,
     if any(compared.values()):
         write_json_atomic(os.path.join(out_dir, "comparisons.json"), compared)
         write_text_atomic(os.path.join(out_dir, "comparisons.md"), comparisons_markdown(compared))
+    if any(run.get("time") for run in runs):
+        write_text_atomic(os.path.join(out_dir, "times.md"), time_markdown(runs))
     if prediction_distribution(runs):
         write_text_atomic(os.path.join(out_dir, "predictions.md"), frequent_predictions_markdown(runs))
     if retrieval_distribution(runs):

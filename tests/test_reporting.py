@@ -129,6 +129,19 @@ def test_frequent_predictions_show_each_methods_answer_forms(tmp_path):
     assert (tmp_path / "report" / "predictions.md").read_text().startswith("| target | base |")
 
 
+def test_time_table_gives_each_methods_cost_per_phase():
+    phases = ("retrieve", "rerank", "relearn", "evaluate")
+    runs = [{"method": "recross", "time": dict(zip(phases, (1.0, 10.0, 20.0, 5.0)))},
+            {"method": "recross", "time": dict(zip(phases, (3.0, 30.0, 40.0, 7.0)))},
+            {"method": "base", "time": {"evaluate": 6.0}}, {"method": "sbert"}]  # sbert: untimed
+    table = reporting.time_markdown(runs).splitlines()
+    assert table[0] == ("| method | runs | retrieve (s) | rerank (s) | relearn (s) | evaluate (s) "
+                        "| per run (s) | all runs (h) |")
+    assert table[2] == "| base | 1 | 0.0 | 0.0 | 0.0 | 6.0 | 6.0 | 0.00 |"
+    assert table[3] == "| recross | 2 | 2.0 | 20.0 | 30.0 | 6.0 | 58.0 | 0.03 |"
+    assert len(table) == 4
+
+
 def test_transfer_alignment_matches_hand_computation(tmp_path):
     write_runs(tmp_path)
     runs = reporting.load_runs(str(tmp_path))
