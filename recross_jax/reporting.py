@@ -212,6 +212,55 @@ def frequent_predictions_markdown(runs: Iterable[dict], top: int = 3) -> str:
     return _top_counts_markdown(prediction_distribution(runs), top)
 
 
+def answer_form_share(runs: Iterable[dict], golds: Mapping[str, Mapping[str, Sequence[str]]],
+                      forms: Iterable[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """How far each method pulls a target's answers into a form the target does not use.
+
+    `golds[target][example_id]`: that test example's gold answers. Over the test examples none of
+    whose golds is one of `forms` (compared as `metrics.normalize_answer` leaves them, e.g. yes /
+    no), per method and target: `share`, the share of greedy predictions that are one of `forms`
+    anyway, and `examples`, how many such predictions there were (over query sets; runs without
+    `outputs` are skipped). Returns {method: {target: {"share", "examples"}}}.
+    """
+    wanted = {metrics_lib.normalize_answer(f) for f in forms}
+    counts: dict[str, dict[str, list[int]]] = collections.defaultdict(
+        lambda: collections.defaultdict(lambda: [0, 0]))
+    for run in runs:
+        target_golds = golds.get(run["target"], {})
+        for output in run.get("outputs", ()):
+            answers = target_golds.get(output["example_id"])
+            if "prediction" not in output or answers is None:
+                continue
+            if any(metrics_lib.normalize_answer(a) in wanted for a in answers):
+                continue
+            cell = counts[run["method"]][run["target"]]
+            cell[0] += metrics_lib.normalize_answer(output["prediction"]) in wanted
+            cell[1] += 1
+    return {method: {target: {"share": hits / total, "examples": total}
+                     for target, (hits, total) in sorted(counts[method].items())}
+            for method in sorted(counts, key=_method_rank)}
+
+
+def answer_form_markdown(shares: Mapping[str, Mapping[str, Mapping[str, float]]],
+                         forms: Sequence[str]) -> str:
+    """`answer_form_share` as a table: targets as rows, methods as columns, percentages (of how
+    many predictions), and the mean over the targets every method has."""
+    methods = list(shares)
+    targets = sorted(set().union(*(per_target.keys() for per_target in shares.values())))
+    lines = [f"Share of greedy predictions that are {' / '.join(forms)} where no gold answer is "
+             "(of how many such predictions, over query sets).", "",
+             "| target | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for target in targets:
+        cells = [f"{100 * shares[m][target]['share']:.1f}% ({shares[m][target]['examples']})"
+                 if target in shares[m] else "–" for m in methods]
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    common = [t for t in targets if all(t in shares[m] for m in methods)]
+    if common:
+        means = [100 * float(np.mean([shares[m][t]["share"] for t in common])) for m in methods]
+        lines.append(f"| **mean** ({len(common)} targets) | " + " | ".join(f"{v:.1f}%" for v in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def transfer_alignment(runs: Iterable[dict], scores: Mapping[str, Mapping[str, float]],
                        top_sources: int = 3) -> dict[str, dict[str, dict[str, float]]]:
     """How well each method's retrieved examples agree with measured task transfer.

@@ -142,6 +142,26 @@ def test_time_table_gives_each_methods_cost_per_phase():
     assert len(table) == 4
 
 
+def test_answer_form_share_counts_yes_no_only_where_the_golds_are_not():
+    golds = {"cb": {"1": ["Yes"], "2": ["Maybe"], "3": ["True", "correct"], "4": ["no"]},
+             "wic": {"1": ["False"]}}
+    def run(target, method, query_set, predictions):
+        return {"target": target, "method": method, "query_set": query_set,
+                "outputs": [{"example_id": i, "prediction": p} for i, p in predictions.items()]}
+
+    runs = [run("cb", "base", 0, {"1": "yes", "2": "No.", "3": "true", "4": "yes"}),
+            run("cb", "base", 1, {"1": "no", "2": "maybe", "3": "The yes"}),
+            run("cb", "recross", 0, {"2": "yes", "3": "yes", "9": "yes"}),  # 9: no golds known
+            run("wic", "recross", 0, {"1": "no"}), {"target": "wic", "method": "base", "query_set": 0}]
+    shares = reporting.answer_form_share(runs, golds, ["yes", "no"])
+    # cb's examples 1 and 4 have a yes / no gold and are left out; "No." and "The yes" normalize to forms.
+    assert shares["base"] == {"cb": {"share": 0.5, "examples": 4}}
+    assert shares["recross"] == {"cb": {"share": 1.0, "examples": 2}, "wic": {"share": 1.0, "examples": 1}}
+    table = reporting.answer_form_markdown(shares, ["yes", "no"])
+    assert "| cb | 50.0% (4) | 100.0% (2) |" in table and "| wic | – | 100.0% (1) |" in table
+    assert "| **mean** (1 targets) | 50.0% | 100.0% |" in table
+
+
 def test_transfer_alignment_matches_hand_computation(tmp_path):
     write_runs(tmp_path)
     runs = reporting.load_runs(str(tmp_path))
