@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from tiny_models import SEQIO_TEST_VOCAB
 
 from recross_jax import evaluate
 
@@ -23,7 +24,8 @@ def _run(path, method, outputs):
 
 
 def test_counts_yes_no_against_the_targets_gold_answers(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("RECROSS_VOCAB", "minilm")
+    # Any vocabulary serves the golds; the test-wide one, since tasks resolve theirs once per process.
+    monkeypatch.setenv("RECROSS_VOCAB", SEQIO_TEST_VOCAB)
     answer_forms.task_modules.import_task_modules(["tasks.recross"])
     examples, _ = evaluate.load_examples(TARGET, "test", max_examples=40)
     yes_no = [e for e in examples if e.golds[0].lower() in ("yes", "no")][:2]
