@@ -36,6 +36,8 @@ def main() -> None:
 
 def tabulate(args: argparse.Namespace) -> tuple[dict, str]:
     """(answer_form_share's result, its markdown table) for `args`."""
+    if not os.path.isdir(args.results):
+        raise UserError(f"results directory not found: {args.results}")
     runs = [run for run in reporting.load_runs(args.results, targets=args.targets, methods=args.methods,
                                                num_query_sets=args.num_query_sets) if run.get("outputs")]
     if not runs:

@@ -275,6 +275,8 @@ def main() -> None:
     try:
         if args.ablations and "release" not in args.splits:
             raise UserError("--ablations change the release study: add release to --splits")
+        if any(rate <= 0 for rate in args.control_rates):
+            raise UserError(f"--control_rates must be positive learning rates, got {args.control_rates}")
         configs = [dataclasses.replace(
             SPLITS[name], out_dir=os.path.join(args.out, name), train_steps=args.train_steps,
             upstream_model_dir=None if name == "control" else args.upstream_model_dir,

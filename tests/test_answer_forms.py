@@ -51,3 +51,13 @@ def test_runs_without_outputs_are_refused_in_one_line(tmp_path, monkeypatch, cap
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (f"error: no run under {tmp_path} kept its test outputs (runs written "
                                        "before outputs were recorded have none)\n")
+
+
+def test_a_missing_results_directory_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["answer_forms.py", "--results", str(tmp_path / "nowhere"),
+                                     "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        answer_forms.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: results directory not found: {tmp_path / 'nowhere'}\n"
+    assert not (tmp_path / "out").exists()

@@ -194,3 +194,14 @@ def test_control_runs_again_at_each_sensitivity_rate_and_tabulates_it(tmp_path, 
     assert recorded["learning_rate"] == 1e-5 and recorded["methods"]["base"]["accuracy"]["mean"] == 0.5
     run_study.run_control(cfg, [1e-5])  # resumes: up to date
     assert len(seen) == 1
+
+
+def test_control_rates_that_are_not_positive_are_refused(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("sys.argv", ["run_study.py", "--out", str(tmp_path / "study"), "--splits",
+                                     "control", "--control_rates", "1e-5", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_study.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("error: --control_rates must be positive learning rates, "
+                                       "got [1e-05, 0.0]\n")
+    assert not (tmp_path / "study").exists()
