@@ -81,27 +81,29 @@ def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
         seen.append(argv)
         flags = dict(a.split("=", 1) for a in argv if a.startswith("--gin.") and "=" in a)
         for target in run_study.TABLE1:
-            for q in range(2):
-                _write(pathlib.Path(flags["--gin.OUT_DIR"].strip("'")), target, "recross", q,
-                       0.01 * len(seen))
+            for q in range(2):  # a second query set where the setting runs one must not count
+                score = 0.01 * len(seen) + (0.0 if q < int(flags["--gin.NUM_QUERY_SETS"]) else 0.5)
+                _write(pathlib.Path(flags["--gin.OUT_DIR"].strip("'")), target, "recross", q, score)
         return 0
 
     monkeypatch.setattr(cli, "main", fake_main)
     table = run_study.run_ablations(cfg)
     assert len(seen) == len(run_study.ABLATIONS)
     assert "--gin.NUM_QUERIES=1" in seen[0] and "--gin.METHODS=['recross']" in seen[0]
+    assert "--gin.NUM_QUERY_SETS=2" in seen[0] and "--gin.NUM_QUERY_SETS=1" in seen[2]
     assert "--gin.NUM_RETRIEVED=32" in seen[3] and "--gin.NUM_RETRIEVED=128" in seen[4]
     assert "--gin.UPSAMPLE_RATIO=3.0" in seen[5]
     assert "--gin.generalize.run.exclude_tasks=['recross.cos_e_v1_11'," in " ".join(seen[6])
     # The last column: SoftEM minus ReCross's (0.4 on every target and query set), paired.
-    assert "| base | 20.00 | 30.00 | -20.00 [-20.00, -20.00] |" in table
-    assert "| µ = 1 (ReCross†) | 30.00 | 40.00 | -10.00 [-10.00, -10.00] |" in table
-    assert "| ReCross (|Q| = 16, |R| = 64, µ = 2) | 40.00 | 50.00 |  |" in table
-    assert "| |Q| = 1 | 1.00 | 11.00 | -39.00 [-39.00, -39.00] |" in table
-    assert "| without multiple-choice QA | 7.00 | 17.00 | -33.00 [-33.00, -33.00] |" in table
+    assert "| base | 0, 1 | 20.00 | 30.00 | -20.00 [-20.00, -20.00] |" in table
+    assert "| µ = 1 (ReCross†) | 0, 1 | 30.00 | 40.00 | -10.00 [-10.00, -10.00] |" in table
+    assert "| ReCross (|Q| = 16, |R| = 64, µ = 2) | 0, 1 | 40.00 | 50.00 |  |" in table
+    assert "| |Q| = 1 | 0, 1 | 1.00 | 11.00 | -39.00 [-39.00, -39.00] |" in table
+    assert "| without multiple-choice QA | 0 | 7.00 | 17.00 | -33.00 [-33.00, -33.00] |" in table
     recorded = json.loads((tmp_path / "ablations" / "ablations.json").read_text())
     assert recorded["µ = 3"]["soft_em"] == pytest.approx(0.06)
     assert recorded["µ = 3"]["soft_em_minus_recross"]["mean"] == pytest.approx(-0.34)
+    assert recorded["µ = 3"]["query_sets"] == [0]
     run_study.run_ablations(cfg)  # resumes: every stage is up to date
     assert len(seen) == len(run_study.ABLATIONS)
 
