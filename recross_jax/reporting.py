@@ -260,6 +260,46 @@ def answer_form_markdown(shares: Mapping[str, Mapping[str, Mapping[str, float]]]
     return "\n".join(lines) + "\n"
 
 
+def source_shift(runs: Sequence[dict], tasks: Iterable[str], method: str, reference: str,
+                 metric: str) -> dict:
+    """Whether `method` loses (or gains) where it draws more of R from `tasks` than `reference` does.
+
+    For every (target, query set) both methods ran: `share_change`, the change in the share of R
+    from `tasks` (method − reference), and `score_change`, the change in `metric`; and over those
+    pairs Spearman's `rho` between the two (NaN where either is constant). The pairs of a target
+    share its test set, so they are not independent: read ρ as a description, not a test.
+    """
+    from recross_jax.selection.ranking import rank_correlation  # pylint: disable=import-outside-toplevel
+    wanted = set(tasks)
+    by_key = {(run["method"], run["target"], run["query_set"]): run for run in runs}
+    pairs = []
+    for (name, target, query_set), run in sorted(by_key.items(), key=lambda item: item[0][1:]):
+        other = by_key.get((reference, target, query_set))
+        if name != method or other is None:
+            continue
+        if not run.get("retrieved_tasks") or not other.get("retrieved_tasks"):
+            raise UserError(f"{target} query set {query_set}: {method} and {reference} must both "
+                            "have retrieved examples")
+        share = [sum(t in wanted for t in r["retrieved_tasks"]) / len(r["retrieved_tasks"])
+                 for r in (run, other)]
+        pairs.append({"target": target, "query_set": query_set, "share_change": share[0] - share[1],
+                      "score_change": run["metrics"][metric] - other["metrics"][metric]})
+    if not pairs:
+        raise UserError(f"no target and query set that both {method} and {reference} ran")
+    rho = rank_correlation([p["share_change"] for p in pairs], [p["score_change"] for p in pairs])
+    return {"pairs": pairs, "rho": rho, "metric": metric}
+
+
+def source_shift_markdown(shift: Mapping[str, Any], scale: float = 100.0) -> str:
+    """`source_shift` as a table of its pairs (points) with ρ below."""
+    lines = [f"| target | query set | change in share of R | change in {shift['metric']} |",
+             "|---|---|---|---|"]
+    lines += [f"| {p['target']} | {p['query_set']} | {100 * p['share_change']:+.1f}% | "
+              f"{scale * p['score_change']:+.2f} |" for p in shift["pairs"]]
+    lines += ["", f"Spearman ρ over {len(shift['pairs'])} pairs: {shift['rho']:.2f}"]
+    return "\n".join(lines) + "\n"
+
+
 def transfer_alignment(runs: Iterable[dict], scores: Mapping[str, Mapping[str, float]],
                        top_sources: int = 3) -> dict[str, dict[str, dict[str, float]]]:
     """How well each method's retrieved examples agree with measured task transfer.
