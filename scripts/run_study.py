@@ -20,6 +20,7 @@ sets need, unless their task family brings its own query sets (the release's tar
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import itertools
 import os
@@ -149,11 +150,17 @@ def ablation_runs(results: str, methods: list[str], query_sets: int = ABLATION_Q
 
 def ablation_row(runs: list[dict], method: str, metrics: list[str],
                  reference: dict[str, dict[int, float]] | None = None) -> dict:
-    """`method`'s mean over `runs` (`ablation_runs`) per metric and their query sets; with
-    `reference` (ReCross's SoftEM per target and query set) also the SoftEM difference from it,
-    paired by target and query set, with its bootstrap interval."""
+    """`method`'s mean over `runs` (`ablation_runs`) per metric, their query sets and the upstream
+    dataset most of R comes from, with its share; with `reference` (ReCross's SoftEM per target
+    and query set) also the SoftEM difference from it, paired by target and query set, with its
+    bootstrap interval."""
     row: dict = {m: reporting.summarize(runs, m)[method]["overall"]["mean"] for m in metrics}
     row["query_sets"] = sorted({run["query_set"] for run in runs})
+    retrieved = collections.Counter(t for run in runs if run["method"] == method
+                                    for t in run.get("retrieved_tasks", ()))
+    if retrieved:  # the upstream dataset R draws on most (the reranker's favourite: glue_qqp)
+        task, count = retrieved.most_common(1)[0]
+        row["top_source"] = {"task": task, "share": count / sum(retrieved.values())}
     if reference is not None:
         scores = reporting.scores_by_method(runs, "soft_em")[method]
         compared = significance.compare(scores, reference, seed=0)
@@ -187,16 +194,18 @@ def run_ablations(cfg: pipeline.PipelineConfig) -> str:
     write_json_atomic(os.path.join(out, "ablations.json"), rows)
     lines = [f"Mean over the {len(TABLE1)} Table-1 targets on each row's query sets (points); the "
              "last column pairs each setting with ReCross on the same targets and query sets (95% "
-             "bootstrap interval).", "",
-             "| setting | query sets | " + " | ".join(metrics) + " | soft_em − ReCross |",
-             "|---" * (len(metrics) + 3) + "|"]
+             "bootstrap interval); the dataset most of R comes from, with its share.", "",
+             "| setting | query sets | " + " | ".join(metrics) + " | soft_em − ReCross | most retrieved |",
+             "|---" * (len(metrics) + 4) + "|"]
     for name, row in rows.items():
         difference = row.get("soft_em_minus_recross")
         cell = (f"{100 * difference['mean']:+.2f} [{100 * difference['ci'][0]:+.2f}, "
                 f"{100 * difference['ci'][1]:+.2f}]") if difference else ""
         query_sets = ", ".join(str(q) for q in row["query_sets"])
+        top = row.get("top_source")
+        source = f"{top['task']} {100 * top['share']:.1f}%" if top else "–"
         lines.append(f"| {name} | {query_sets} | " + " | ".join(f"{100 * row[m]:.2f}" for m in metrics)
-                     + f" | {cell} |")
+                     + f" | {cell} | {source} |")
     table = "\n".join(lines) + "\n"
     write_text_atomic(os.path.join(out, "ablations.md"), table)
     print(f"\n=== ablations ===\n{table}", flush=True)

@@ -61,20 +61,23 @@ def test_release_and_control_models_are_trained_with_the_release_models_recipe(m
         assert "--gin.tasks.recross.upstream_cap.cap=300" in index and not any("cap=1000" in a for a in index)
 
 
-def _write(root, target, method, query_set, score):
+def _write(root, target, method, query_set, score, retrieved=()):
     path = root / "runs" / target / method / f"query_set_{query_set}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"target": target, "method": method, "query_set": query_set,
-                                "metrics": {"soft_em": score, "accuracy": score + 0.1}}))
+                                "metrics": {"soft_em": score, "accuracy": score + 0.1},
+                                "retrieved_tasks": list(retrieved)}))
 
 
 def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
     cfg = dataclasses.replace(run_study.SPLITS["release"], out_dir=str(tmp_path), num_retrieved=64,
                               num_queries=16, upstream_model_dir=str(tmp_path), relearn_rate_tasks=())
+    retrieved = {"base": (), "recross_dense": ("qqp", "sciq"), "recross": ("qqp",) * 3 + ("sciq",)}
     for target in run_study.TABLE1:
         for q in range(3):  # the third query set is beyond the ablations' two
             for method, score in (("base", 0.2), ("recross_dense", 0.3), ("recross", 0.4)):
-                _write(tmp_path / "generalize", target, method, q, score if q < 2 else 0.9)
+                _write(tmp_path / "generalize", target, method, q, score if q < 2 else 0.9,
+                       retrieved[method])
     seen = []
 
     def fake_main(argv):
@@ -83,7 +86,8 @@ def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
         for target in run_study.TABLE1:
             for q in range(2):  # a second query set where the setting runs one must not count
                 score = 0.01 * len(seen) + (0.0 if q < int(flags["--gin.NUM_QUERY_SETS"]) else 0.5)
-                _write(pathlib.Path(flags["--gin.OUT_DIR"].strip("'")), target, "recross", q, score)
+                _write(pathlib.Path(flags["--gin.OUT_DIR"].strip("'")), target, "recross", q, score,
+                       ("sciq",) * len(seen))
         return 0
 
     monkeypatch.setattr(cli, "main", fake_main)
@@ -95,11 +99,12 @@ def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
     assert "--gin.UPSAMPLE_RATIO=3.0" in seen[5]
     assert "--gin.generalize.run.exclude_tasks=['recross.cos_e_v1_11'," in " ".join(seen[6])
     # The last column: SoftEM minus ReCross's (0.4 on every target and query set), paired.
-    assert "| base | 0, 1 | 20.00 | 30.00 | -20.00 [-20.00, -20.00] |" in table
-    assert "| µ = 1 (ReCross†) | 0, 1 | 30.00 | 40.00 | -10.00 [-10.00, -10.00] |" in table
-    assert "| ReCross (|Q| = 16, |R| = 64, µ = 2) | 0, 1 | 40.00 | 50.00 |  |" in table
-    assert "| |Q| = 1 | 0, 1 | 1.00 | 11.00 | -39.00 [-39.00, -39.00] |" in table
-    assert "| without multiple-choice QA | 0 | 7.00 | 17.00 | -33.00 [-33.00, -33.00] |" in table
+    assert "| base | 0, 1 | 20.00 | 30.00 | -20.00 [-20.00, -20.00] | – |" in table
+    assert "| µ = 1 (ReCross†) | 0, 1 | 30.00 | 40.00 | -10.00 [-10.00, -10.00] | qqp 50.0% |" in table
+    assert "| ReCross (|Q| = 16, |R| = 64, µ = 2) | 0, 1 | 40.00 | 50.00 |  | qqp 75.0% |" in table
+    assert "| |Q| = 1 | 0, 1 | 1.00 | 11.00 | -39.00 [-39.00, -39.00] | sciq 100.0% |" in table
+    assert ("| without multiple-choice QA | 0 | 7.00 | 17.00 | -33.00 [-33.00, -33.00] | sciq 100.0% |"
+            in table)
     recorded = json.loads((tmp_path / "ablations" / "ablations.json").read_text())
     assert recorded["µ = 3"]["soft_em"] == pytest.approx(0.06)
     assert recorded["µ = 3"]["soft_em_minus_recross"]["mean"] == pytest.approx(-0.34)
