@@ -156,8 +156,7 @@ def ablation_row(runs: list[dict], method: str, metrics: list[str],
     bootstrap interval."""
     row: dict = {m: reporting.summarize(runs, m)[method]["overall"]["mean"] for m in metrics}
     row["query_sets"] = sorted({run["query_set"] for run in runs})
-    retrieved = collections.Counter(t for run in runs if run["method"] == method
-                                    for t in run.get("retrieved_tasks", ()))
+    retrieved = sum(reporting.retrieval_distribution(runs)[method].values(), collections.Counter())
     if retrieved:  # the upstream dataset R draws on most (the reranker's favourite: glue_qqp)
         task, count = retrieved.most_common(1)[0]
         row["top_source"] = {"task": task, "share": count / sum(retrieved.values())}
