@@ -115,10 +115,14 @@ def test_missing_index_and_bad_k(setup, capsys):
 def test_long_query_is_truncated_with_a_warning(setup, tmp_path, capsys):
     root, _, _ = setup
     path = tmp_path / "long.jsonl"
-    path.write_text(json.dumps({"inputs": "word " * 400}) + "\n")
+    path.write_text("".join(json.dumps({"inputs": text}) + "\n"
+                            for text in ("word " * 400, "short query", "word " * 300)))
     assert cli.main(["retrieve", "--index", str(root / "index_model"), "--queries", str(path), "--k", "2",
                      "--tasks_module", "tasks.common"]) == 0
-    assert "truncated to 256" in capsys.readouterr().err
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1
+    assert "2 of 3 queries are longer than 256 tokens" in warnings[0]
+    assert "truncated to it" in warnings[0]
 
 
 def test_missing_model_dir_is_a_user_error(setup, capsys, monkeypatch):

@@ -313,11 +313,13 @@ def in_groups(task: str, groups: tuple[str, ...]) -> bool:
 
 
 def _warn_truncation(queries: Sequence[str], embedder: embed.T5EncoderEmbedder) -> None:
-    for number, query in enumerate(queries, 1):
-        length = len(embedder.tokenize(query)) + 1
-        if length > embedder.max_length:
-            print(f"warning: query {number} has {length} tokens; truncated to {embedder.max_length}",
-                  file=sys.stderr)
+    """One line for all queries longer than the embedder takes (a study retrieves thousands of
+    times: a line per query would bury its progress bar)."""
+    lengths = [len(embedder.tokenize(query)) + 1 for query in queries]
+    long = [n for n in lengths if n > embedder.max_length]
+    if long:
+        print(f"warning: {len(long)} of {len(queries)} queries are longer than {embedder.max_length} "
+              f"tokens (longest {max(long)}) and are truncated to it", file=sys.stderr)
 
 
 class _TextEmbedder:
