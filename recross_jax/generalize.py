@@ -11,8 +11,9 @@ query set):
 
     <out_dir>/runs/<target>/<method>/query_set_<i>.json
 
-with the metrics, the retrieved example ids and their tasks, the seeds and a time per stage. A
-run whose JSON exists is skipped, so an interrupted study resumes.
+with the metrics, the retrieved example ids and their tasks, the seeds, a time per stage and the
+host it ran on (`provenance.environment`). A run whose JSON exists is skipped, so an interrupted
+study resumes.
 
 Methods: `base` (no retrieval), `random` (R uniform from the pool), `sbert` (MiniLM index),
 `recross_dense` (the upstream encoder's index, ReCross†), `recross` (the same with µ|R|
@@ -31,7 +32,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from recross_jax import checkpoints, corpus, evaluate, finetune, partitioning
+from recross_jax import checkpoints, corpus, evaluate, finetune, partitioning, provenance
 from recross_jax.errors import UserError
 from recross_jax.io_utils import sha256_file, write_json_atomic
 from recross_jax.retrieval import baselines, indexing
@@ -235,6 +236,7 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
               "finetune": dataclasses.asdict(finetune_config), "model_dir": os.path.abspath(model_dir),
               "reranker_sha256": _reranker_sha256(reranker_dir)}
     recorded_config = json.loads(json.dumps(config))  # as a run JSON holds it
+    environment = provenance.environment()  # not part of config: another host may resume a study
     # Query sets outermost, so a study stopped early holds every target and method on its first
     # query sets rather than some targets complete and others missing.
     prepared = {}
@@ -281,6 +283,7 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                                                   upsample_ratio, aggregation, (*exclude_tasks, target),
                                                   record["run_seed"]))
                     record["config"] = config
+                    record["environment"] = environment
                     write_json_atomic(path, record)
                     records.append(record)
                     bar.update()

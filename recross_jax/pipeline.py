@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Sequence
 
-from recross_jax import cli, relearn_rate
+from recross_jax import cli, provenance, relearn_rate
 from recross_jax.errors import UserError
 from recross_jax.io_utils import write_json_atomic, write_text_atomic
 
@@ -103,7 +103,8 @@ def run_stage(out_dir: str, name: str, argv: Sequence[str], done_marker: str) ->
     if code:
         raise UserError(f"stage {name} failed (exit code {code})")
     elapsed = time.perf_counter() - start
-    write_json_atomic(record, {"argv": argv, "seconds": round(elapsed, 1)})
+    write_json_atomic(record, {"argv": argv, "seconds": round(elapsed, 1),
+                               "environment": provenance.environment()})
     print(f"=== {name}: {elapsed:.0f} s ===", flush=True)
     return elapsed
 

@@ -3,6 +3,7 @@ import json
 import os
 
 import bigbench_fixtures
+import jax
 import pytest
 import tiny_bert
 import tiny_models
@@ -81,6 +82,8 @@ def test_every_method_writes_valid_json_and_resumes(setup, capsys, monkeypatch):
                 assert target not in record["retrieved_tasks"]  # the pool holds it, but it is unseen
                 if method != "base":
                     assert record["time"]["relearn"] > 0 and record["time"]["evaluate"] > 0
+                assert record["environment"]["jax"] == jax.__version__
+                assert record["environment"]["cpu_threads"] == len(os.sched_getaffinity(0))
                 # Each test example's outputs, from which the metrics were counted.
                 outputs = record["outputs"]
                 assert len(outputs) == record["num_test_examples"] == record["metrics"]["num_examples"]

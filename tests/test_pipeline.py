@@ -34,6 +34,7 @@ def test_a_stage_is_skipped_while_its_output_exists_and_its_arguments_match(tmp_
     assert pipeline.run_stage(str(tmp_path), "stage", ["make", out], out) is not None
     record = json.loads((tmp_path / "stage" / pipeline.STAGE_RECORD).read_text())
     assert record["argv"] == ["make", out] and record["seconds"] >= 0
+    assert record["environment"]["cpu_threads"] == len(os.sched_getaffinity(0))
     assert pipeline.run_stage(str(tmp_path), "stage", ["make", out], out) is None
     assert "stage: up to date" in capsys.readouterr().out
     assert len(calls) == 1
