@@ -202,6 +202,11 @@ class Pipeline:
         return results, outputs
 
 
+def run_path(out_dir: str, target: str, method: str, query_set: int) -> str:
+    """Where `run` writes one (target, method, query set) run's JSON."""
+    return os.path.join(out_dir, "runs", target, method, f"query_set_{query_set}.json")
+
+
 def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir: str, *,
         model_index_dir: str | None = None, sbert_index_dir: str | None = None,
         reranker_dir: str | None = None, num_query_sets: int = 5, num_queries: int = 16,
@@ -255,7 +260,7 @@ def run(targets: Sequence[str], methods: Sequence[str], model_dir: str, out_dir:
                 query_set = query_sets[index]
                 test = unseen_by(query_set, examples)
                 for method in methods:
-                    path = os.path.join(out_dir, "runs", target, method, f"query_set_{query_set.index}.json")
+                    path = run_path(out_dir, target, method, query_set.index)
                     if os.path.isfile(path):
                         records.append(_resumed(path, recorded_config, method))
                         bar.update()

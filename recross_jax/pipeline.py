@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Sequence
 
-from recross_jax import cli, provenance, relearn_rate
+from recross_jax import cli, generalize, provenance, relearn_rate
 from recross_jax.errors import UserError
 from recross_jax.io_utils import write_json_atomic, write_text_atomic
 
@@ -183,13 +183,25 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
     return summary
 
 
-def write_stage_times(out_dir: str) -> dict[str, float]:
-    """Collects the wall time every stage under `out_dir` recorded (when it last ran) into
-    `stage_times.json` and `stage_times.md`; returns {stage: seconds}."""
+def stage_times(out_dir: str) -> dict[str, float]:
+    """{stage: seconds} of every finished stage under `out_dir` (when it last ran)."""
     times = {}
     for record in sorted(glob.glob(os.path.join(out_dir, "**", STAGE_RECORD), recursive=True)):
         with open(record, encoding="utf-8") as f:
             times[os.path.relpath(os.path.dirname(record), out_dir)] = json.load(f)["seconds"]
+    return times
+
+
+def runs_done(results_dir: str, targets: Sequence[str], methods: Sequence[str], num_query_sets: int) -> int:
+    """How many of the (target, method, query set) runs of a generalize stage have their JSON."""
+    return sum(os.path.isfile(generalize.run_path(results_dir, target, method, query_set))
+               for target in targets for method in methods for query_set in range(num_query_sets))
+
+
+def write_stage_times(out_dir: str) -> dict[str, float]:
+    """Collects the wall time every stage under `out_dir` recorded (when it last ran) into
+    `stage_times.json` and `stage_times.md`; returns {stage: seconds}."""
+    times = stage_times(out_dir)
     write_json_atomic(os.path.join(out_dir, "stage_times.json"), times)
     lines = ["| stage | seconds |", "|---|---|", *(f"| {k} | {v:.0f} |" for k, v in times.items()),
              f"| **total** | {sum(times.values()):.0f} |"]

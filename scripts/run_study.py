@@ -167,6 +167,11 @@ def ablation_row(runs: list[dict], method: str, metrics: list[str],
     return row
 
 
+def ablation_results(cfg: pipeline.PipelineConfig, name: str) -> str:
+    """The directory of one ablation's runs: <study>/ablations/<name as a slug>."""
+    return os.path.join(cfg.out_dir, "ablations", "".join(c if c.isalnum() else "_" for c in name).strip("_"))
+
+
 def run_ablations(cfg: pipeline.PipelineConfig) -> str:
     """Runs the ablations after the release study (same model, indexes, reranker, re-learning
     rate; resumable) into <study>/ablations/; returns the markdown table it writes there."""
@@ -184,9 +189,9 @@ def run_ablations(cfg: pipeline.PipelineConfig) -> str:
                 ablation_row(main, "recross", metrics)}
     for name, ablation in ABLATIONS.items():
         ablated, extra = ablation_config(cfg, ablation)
-        slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
-        results = os.path.join(out, slug)
-        pipeline.run_stage(out, slug, pipeline.generalize_argv(ablated, results, reranker, extra),
+        results = ablation_results(cfg, name)
+        pipeline.run_stage(out, os.path.basename(results),
+                           pipeline.generalize_argv(ablated, results, reranker, extra),
                            os.path.join(results, pipeline.STAGE_RECORD))
         rows[name] = ablation_row(ablation_runs(results, ["recross"], ablation.query_sets), "recross",
                                   metrics, reference)
@@ -268,6 +273,28 @@ def run_control(cfg: pipeline.PipelineConfig, rates: Sequence[float]) -> None:
         write_control(cfg, results, f"control_lr_{rate:g}", rate)
 
 
+def study_status(configs: Sequence[pipeline.PipelineConfig], ablations: bool) -> str:
+    """What a (running or stopped) study has finished: each split's stages with their wall
+    times, its generalization runs out of all, and with `ablations` each setting's runs."""
+    lines = []
+    for cfg in configs:
+        lines.append(f"{cfg.out_dir}:")
+        times = pipeline.stage_times(cfg.out_dir)
+        lines += [f"  {stage}: done, {seconds:.0f} s" for stage, seconds in times.items()]
+        total = len(cfg.targets) * len(cfg.methods) * cfg.num_query_sets
+        done = pipeline.runs_done(os.path.join(cfg.out_dir, "generalize"), cfg.targets, cfg.methods,
+                                  cfg.num_query_sets)
+        lines.append(f"  generalize: {done} of {total} runs")
+        if ablations and cfg.upstream == SPLITS["release"].upstream:
+            for name, ablation in ABLATIONS.items():
+                ablated, _ = ablation_config(cfg, ablation)
+                done = pipeline.runs_done(ablation_results(cfg, name), ablated.targets, ablated.methods,
+                                          ablated.num_query_sets)
+                lines.append(f"  ablation {name}: {done} of "
+                             f"{len(ablated.targets) * ablated.num_query_sets} runs")
+    return "\n".join(lines)
+
+
 def transfer_scores_file(split: str) -> str | None:
     """TaskWeb's measured transfer matrix beside its tasks, for the TaskWeb split's report."""
     if split != "taskweb":
@@ -297,6 +324,8 @@ def main() -> None:
     parser.add_argument("--control_rates", nargs="*", type=float, default=list(CONTROL_RATES),
                         help="re-learning rates to run the positive control at besides the one "
                         "its stand-ins choose, as a sensitivity check (default: the release's 1e-5)")
+    parser.add_argument("--status", action="store_true", help="print what the study in --out "
+                        "has finished (stages, runs, ablations) and exit; runs nothing")
     args = parser.parse_args()
     try:
         if args.ablations and "release" not in args.splits:
@@ -315,6 +344,9 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if args.status:
+        print(study_status(configs, args.ablations))
+        return
     code = pipeline.main(configs, show_data=False)
     if code:
         sys.exit(code)

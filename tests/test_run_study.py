@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import sys
 
 import pytest
 import seqio
@@ -111,6 +112,24 @@ def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
     assert recorded["µ = 3"]["query_sets"] == [0]
     run_study.run_ablations(cfg)  # resumes: every stage is up to date
     assert len(seen) == len(run_study.ABLATIONS)
+
+
+def test_status_counts_finished_stages_runs_and_ablation_runs(tmp_path, monkeypatch, capsys):
+    study = tmp_path / "study" / "release"
+    (study / "upstream").mkdir(parents=True)
+    record = study / "upstream" / run_study.pipeline.STAGE_RECORD
+    record.write_text(json.dumps({"argv": [], "seconds": 42.4}))
+    _write(study / "generalize", run_study.TABLE1[0], "base", 0, 0.2)
+    _write(study / "generalize", run_study.TABLE2[0], "recross", 4, 0.2)
+    _write(study / "generalize", run_study.TABLE2[0], "recross", 5, 0.2)  # beyond 5 query sets
+    _write(study / "ablations" / "Q____1", run_study.TABLE1[3], "recross", 1, 0.2)
+    monkeypatch.setattr(sys, "argv", ["run_study.py", "--out", str(tmp_path / "study"), "--splits", "release",
+                                      "--ablations", "--status"])
+    run_study.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:3] == ["  upstream: done, 42 s", "  generalize: 2 of 375 runs"]
+    assert "  ablation |Q| = 1: 1 of 20 runs" in lines and "  ablation µ = 3: 0 of 10 runs" in lines
+    assert not (tmp_path / "study" / "control").exists()  # it ran nothing
 
 
 def test_positive_control_table_has_the_family_share_and_scores(tmp_path):
