@@ -81,16 +81,18 @@ TARGET_MIXTURES = {"taskweb": "p3mini_targets"}
 # |Q| x µ|R| pairs at ~10 a second on 2 cores), which brings the study's end one CPU session nearer.
 # µ = 1 needs no run: without reranking ReCross is ReCross† (`recross_dense`).
 class Ablation(NamedTuple):
+    key: str  # its name on the command line (`--ablations q1 mu3`)
     change: dict
     query_sets: int
 
 
 ABLATIONS = {
-    "|Q| = 1": Ablation({"num_queries": 1}, 2), "|Q| = 8": Ablation({"num_queries": 8}, 2),
-    "|Q| = 32": Ablation({"num_queries": 32}, 1),
-    "|R| / 2": Ablation({"num_retrieved": 0.5}, 1), "|R| x 2": Ablation({"num_retrieved": 2.0}, 1),
-    "µ = 3": Ablation({"upsample_ratio": 3.0}, 1),
-    "without multiple-choice QA": Ablation({"exclude_tasks": tuple(
+    "|Q| = 1": Ablation("q1", {"num_queries": 1}, 2), "|Q| = 8": Ablation("q8", {"num_queries": 8}, 2),
+    "|Q| = 32": Ablation("q32", {"num_queries": 32}, 1),
+    "|R| / 2": Ablation("r_half", {"num_retrieved": 0.5}, 1),
+    "|R| x 2": Ablation("r_double", {"num_retrieved": 2.0}, 1),
+    "µ = 3": Ablation("mu3", {"upsample_ratio": 3.0}, 1),
+    "without multiple-choice QA": Ablation("no_mcqa", {"exclude_tasks": tuple(
         recross.task_name(d) for d in recross.T0_MULTIPLE_CHOICE_QA)}, 1),
 }
 # The rows every setting is read against (base, ReCross†, ReCross) come from the main study's
@@ -172,9 +174,15 @@ def ablation_results(cfg: pipeline.PipelineConfig, name: str) -> str:
     return os.path.join(cfg.out_dir, "ablations", "".join(c if c.isalnum() else "_" for c in name).strip("_"))
 
 
-def run_ablations(cfg: pipeline.PipelineConfig) -> str:
-    """Runs the ablations after the release study (same model, indexes, reranker, re-learning
-    rate; resumable) into <study>/ablations/; returns the markdown table it writes there."""
+def selected_ablations(keys: Sequence[str] | None) -> dict[str, Ablation]:
+    """The ablations whose keys are `keys`, in table order; all of them for none given."""
+    return {name: a for name, a in ABLATIONS.items() if not keys or a.key in keys}
+
+
+def run_ablations(cfg: pipeline.PipelineConfig, keys: Sequence[str] | None = None) -> str:
+    """Runs the ablations (those of `keys`, else all) after the release study (same model,
+    indexes, reranker, re-learning rate; resumable) into <study>/ablations/; returns the markdown
+    table it writes there, of every ablation finished so far (run now or before)."""
     if cfg.relearn_rate_tasks:
         cfg = dataclasses.replace(cfg, relearn_learning_rate=pipeline.choose_relearn_rate(cfg))
     out = os.path.join(cfg.out_dir, "ablations")
@@ -187,12 +195,16 @@ def run_ablations(cfg: pipeline.PipelineConfig) -> str:
             "µ = 1 (ReCross†)": ablation_row(main, "recross_dense", metrics, reference),
             f"ReCross (|Q| = {cfg.num_queries}, |R| = {cfg.num_retrieved}, µ = {cfg.upsample_ratio:g})":
                 ablation_row(main, "recross", metrics)}
+    selected = selected_ablations(keys)
     for name, ablation in ABLATIONS.items():
-        ablated, extra = ablation_config(cfg, ablation)
         results = ablation_results(cfg, name)
-        pipeline.run_stage(out, os.path.basename(results),
-                           pipeline.generalize_argv(ablated, results, reranker, extra),
-                           os.path.join(results, pipeline.STAGE_RECORD))
+        done = os.path.join(results, pipeline.STAGE_RECORD)
+        if name in selected:
+            ablated, extra = ablation_config(cfg, ablation)
+            pipeline.run_stage(out, os.path.basename(results),
+                               pipeline.generalize_argv(ablated, results, reranker, extra), done)
+        elif not os.path.isfile(done):
+            continue
         rows[name] = ablation_row(ablation_runs(results, ["recross"], ablation.query_sets), "recross",
                                   metrics, reference)
     write_json_atomic(os.path.join(out, "ablations.json"), rows)
@@ -273,9 +285,10 @@ def run_control(cfg: pipeline.PipelineConfig, rates: Sequence[float]) -> None:
         write_control(cfg, results, f"control_lr_{rate:g}", rate)
 
 
-def study_status(configs: Sequence[pipeline.PipelineConfig], ablations: bool) -> str:
+def study_status(configs: Sequence[pipeline.PipelineConfig], ablations: Sequence[str] | None) -> str:
     """What a (running or stopped) study has finished: each split's stages with their wall
-    times, its generalization runs out of all, and with `ablations` each setting's runs."""
+    times, its generalization runs out of all, and the runs of the ablations of `ablations`'
+    keys (every ablation for [], none for None)."""
     lines = []
     for cfg in configs:
         lines.append(f"{cfg.out_dir}:")
@@ -285,8 +298,8 @@ def study_status(configs: Sequence[pipeline.PipelineConfig], ablations: bool) ->
         done = pipeline.runs_done(os.path.join(cfg.out_dir, "generalize"), cfg.targets, cfg.methods,
                                   cfg.num_query_sets)
         lines.append(f"  generalize: {done} of {total} runs")
-        if ablations and cfg.upstream == SPLITS["release"].upstream:
-            for name, ablation in ABLATIONS.items():
+        if ablations is not None and cfg.upstream == SPLITS["release"].upstream:
+            for name, ablation in selected_ablations(ablations).items():
                 ablated, _ = ablation_config(cfg, ablation)
                 done = pipeline.runs_done(ablation_results(cfg, name), ablated.targets, ablated.methods,
                                           ablated.num_query_sets)
@@ -319,8 +332,9 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", help="target tasks, or 'all' for every target "
                         "of the split's target mixture (default: release: the paper's Tables 1 "
                         "and 2; taskweb: the 3 in RESULTS.md)")
-    parser.add_argument("--ablations", action="store_true", help="then the release split's "
-                        "ablations (|Q|, |R|, µ, a group removed) into <out>/release/ablations")
+    parser.add_argument("--ablations", nargs="*", choices=[a.key for a in ABLATIONS.values()],
+                        help="then the release split's ablations (|Q|, |R|, µ, a group removed) "
+                        "into <out>/release/ablations: those named, or all of them")
     parser.add_argument("--control_rates", nargs="*", type=float, default=list(CONTROL_RATES),
                         help="re-learning rates to run the positive control at besides the one "
                         "its stand-ins choose, as a sensitivity check (default: the release's 1e-5)")
@@ -328,7 +342,7 @@ def main() -> None:
                         "has finished (stages, runs, ablations) and exit; runs nothing")
     args = parser.parse_args()
     try:
-        if args.ablations and "release" not in args.splits:
+        if args.ablations is not None and "release" not in args.splits:
             raise UserError("--ablations change the release study: add release to --splits")
         if any(rate <= 0 for rate in args.control_rates):
             raise UserError(f"--control_rates must be positive learning rates, got {args.control_rates}")
@@ -354,8 +368,8 @@ def main() -> None:
         for cfg, name in zip(configs, args.splits):
             if name == "control":
                 run_control(cfg, args.control_rates)
-            if name == "release" and args.ablations:
-                run_ablations(cfg)
+            if name == "release" and args.ablations is not None:
+                run_ablations(cfg, args.ablations)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -70,7 +70,8 @@ def _write(root, target, method, query_set, score, retrieved=()):
                                 "retrieved_tasks": list(retrieved)}))
 
 
-def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
+def _ablation_study(tmp_path):
+    """A release study's config and its main runs (base 0.2, ReCross† 0.3, ReCross 0.4 SoftEM)."""
     cfg = dataclasses.replace(run_study.SPLITS["release"], out_dir=str(tmp_path), num_retrieved=64,
                               num_queries=16, upstream_model_dir=str(tmp_path), relearn_rate_tasks=())
     retrieved = {"base": (), "recross_dense": ("qqp", "sciq"), "recross": ("qqp",) * 3 + ("sciq",)}
@@ -79,6 +80,11 @@ def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
             for method, score in (("base", 0.2), ("recross_dense", 0.3), ("recross", 0.4)):
                 _write(tmp_path / "generalize", target, method, q, score if q < 2 else 0.9,
                        retrieved[method])
+    return cfg
+
+
+def test_ablations_change_one_setting_each_and_tabulate(tmp_path, monkeypatch):
+    cfg = _ablation_study(tmp_path)
     seen = []
 
     def fake_main(argv):
@@ -130,6 +136,35 @@ def test_status_counts_finished_stages_runs_and_ablation_runs(tmp_path, monkeypa
     assert lines[1:3] == ["  upstream: done, 42 s", "  generalize: 2 of 375 runs"]
     assert "  ablation |Q| = 1: 1 of 20 runs" in lines and "  ablation µ = 3: 0 of 10 runs" in lines
     assert not (tmp_path / "study" / "control").exists()  # it ran nothing
+
+
+def test_named_ablations_run_alone_and_unknown_names_are_refused(tmp_path, monkeypatch, capsys):
+    cfg = _ablation_study(tmp_path)
+    seen = []
+
+    def fake_main(argv):
+        seen.append(argv)
+        out = pathlib.Path(dict(a.split("=", 1) for a in argv if a.startswith("--gin.OUT_DIR"))
+                           ["--gin.OUT_DIR"].strip("'"))
+        for target in run_study.TABLE1:
+            _write(out, target, "recross", 0, 0.1)
+        return 0
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    table = run_study.run_ablations(cfg, ["no_mcqa", "mu3"])
+    assert len(seen) == 2 and "--gin.UPSAMPLE_RATIO=3.0" in seen[0]  # in table order
+    assert "| µ = 3 | 0 |" in table and "| without multiple-choice QA | 0 |" in table
+    assert "| |Q| = 1 |" not in table and "| base | 0, 1 |" in table
+    assert sorted(p.name for p in (tmp_path / "ablations").iterdir() if p.is_dir()) == [
+        "without_multiple_choice_QA", "µ___3"]
+    # A later run of another ablation keeps the finished ones in the table.
+    table = run_study.run_ablations(cfg, ["q32"])
+    assert len(seen) == 3 and "--gin.NUM_QUERIES=32" in seen[2]
+    assert all(f"| {name} | 0 |" in table for name in ("|Q| = 32", "µ = 3", "without multiple-choice QA"))
+    monkeypatch.setattr(sys, "argv", ["run_study.py", "--out", str(tmp_path), "--ablations", "mu4"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_study.main()
+    assert exit_info.value.code == 2 and "invalid choice: 'mu4'" in capsys.readouterr().err
 
 
 def test_positive_control_table_has_the_family_share_and_scores(tmp_path):
