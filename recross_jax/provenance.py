@@ -1,10 +1,10 @@
 """Where a result was computed: the software versions and the host's compute, recorded beside a
 study's runs and stages.
 
-Every random choice here takes a seed, so a rerun gives the same numbers, bit for bit, on the same
-software, kind of CPU and *number of threads*: XLA's CPU backend splits a large contraction (a
-weight gradient's sum over batch x tokens) across its threads, so 1 and 2 threads sum in another
-order and differ in the last bits, which training then amplifies. `cpu_threads` says how many
+Every random choice in this library takes a seed, so a rerun gives the same numbers, bit for
+bit, on the same software, kind of CPU and *number of threads*: XLA's CPU backend splits a large
+contraction (a weight gradient's sum over batch x tokens) across its threads, so 1 and 2 threads
+sum in another order and differ in the last bits, which training then amplifies. `cpu_threads` says how many
 threads a run had (`taskset` and container limits lower it).
 """
 from __future__ import annotations
