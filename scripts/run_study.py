@@ -289,22 +289,20 @@ def study_status(configs: Sequence[pipeline.PipelineConfig], ablations: Sequence
     """What a (running or stopped) study has finished: each split's stages with their wall
     times, its generalization runs out of all, and the runs of the ablations of `ablations`'
     keys (every ablation for [], none for None)."""
+    def runs(run_cfg: pipeline.PipelineConfig, results: str) -> str:
+        done = pipeline.runs_done(results, run_cfg.targets, run_cfg.methods, run_cfg.num_query_sets)
+        return f"{done} of {len(run_cfg.targets) * len(run_cfg.methods) * run_cfg.num_query_sets} runs"
+
     lines = []
     for cfg in configs:
         lines.append(f"{cfg.out_dir}:")
         times = pipeline.stage_times(cfg.out_dir)
         lines += [f"  {stage}: done, {seconds:.0f} s" for stage, seconds in times.items()]
-        total = len(cfg.targets) * len(cfg.methods) * cfg.num_query_sets
-        done = pipeline.runs_done(os.path.join(cfg.out_dir, "generalize"), cfg.targets, cfg.methods,
-                                  cfg.num_query_sets)
-        lines.append(f"  generalize: {done} of {total} runs")
+        lines.append(f"  generalize: {runs(cfg, os.path.join(cfg.out_dir, 'generalize'))}")
         if ablations is not None and cfg.upstream == SPLITS["release"].upstream:
             for name, ablation in selected_ablations(ablations).items():
-                ablated, _ = ablation_config(cfg, ablation)
-                done = pipeline.runs_done(ablation_results(cfg, name), ablated.targets, ablated.methods,
-                                          ablated.num_query_sets)
-                lines.append(f"  ablation {name}: {done} of "
-                             f"{len(ablated.targets) * ablated.num_query_sets} runs")
+                ablated = ablation_config(cfg, ablation)[0]
+                lines.append(f"  ablation {name}: {runs(ablated, ablation_results(cfg, name))}")
     return "\n".join(lines)
 
 
