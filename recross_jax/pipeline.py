@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -24,6 +25,8 @@ from recross_jax.errors import UserError
 from recross_jax.io_utils import write_json_atomic, write_text_atomic
 
 STAGE_RECORD = ".stage.json"
+STAGE_CLOCK = ".stage_clock.json"  # a running or stopped stage's time so far
+CLOCK_PERIOD_S = 30.0
 MINILM2MINILM = "minilm2minilm"
 
 
@@ -88,7 +91,8 @@ class PipelineConfig:
 def run_stage(out_dir: str, name: str, argv: Sequence[str], done_marker: str) -> float | None:
     """Runs `recross argv` unless `done_marker` exists from a run with the same argv.
 
-    Returns the seconds it took, or None when skipped. A failing command raises UserError.
+    Returns the seconds it took (summed over the processes that ran it, `StageClock`), or None
+    when skipped. A failing command raises UserError.
     """
     argv = list(argv)
     record = os.path.join(out_dir, name, STAGE_RECORD)
@@ -98,15 +102,76 @@ def run_stage(out_dir: str, name: str, argv: Sequence[str], done_marker: str) ->
                 print(f"\n=== {name}: up to date ({done_marker}), skipped ===", flush=True)
                 return None
     print(f"\n=== {name}: recross {' '.join(argv)} ===", flush=True)
-    start = time.perf_counter()
-    code = cli.main(argv)
+    with StageClock(os.path.join(out_dir, name), argv) as clock:
+        code = cli.main(argv)
     if code:
         raise UserError(f"stage {name} failed (exit code {code})")
-    elapsed = time.perf_counter() - start
-    write_json_atomic(record, {"argv": argv, "seconds": round(elapsed, 1),
+    write_json_atomic(record, {"argv": argv, "seconds": round(clock.total(), 1),
+                               "processes": clock.processes,
+                               "last_process_seconds": round(clock.elapsed(), 1),
                                "environment": provenance.environment()})
-    print(f"=== {name}: {elapsed:.0f} s ===", flush=True)
-    return elapsed
+    clock.remove()
+    print(f"=== {name}: {clock.total():.0f} s"
+          + (f" over {clock.processes} processes" if clock.processes > 1 else "") + " ===", flush=True)
+    return clock.total()
+
+
+class StageClock:
+    """A stage's wall time summed over every process that ran it (a stopped stage resumes in
+    the next): while it runs, `<stage>/.stage_clock.json` holds the time so far, rewritten every
+    `CLOCK_PERIOD_S` seconds, so a killed process loses at most one period of it."""
+
+    def __init__(self, stage_dir: str, argv: list[str]):
+        self.path = os.path.join(stage_dir, STAGE_CLOCK)
+        self.argv = argv
+        earlier = read_clock(stage_dir)
+        same = earlier is not None and earlier.get("argv") == argv
+        self.before = float(earlier["seconds"]) if same else 0.0
+        self.processes = (int(earlier["processes"]) if same else 0) + 1
+        self.start = time.perf_counter()
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._tick, daemon=True)
+
+    def elapsed(self) -> float:
+        """Seconds of this process's part."""
+        return time.perf_counter() - self.start
+
+    def total(self) -> float:
+        """Seconds of every process's part, this one's included."""
+        return self.before + self.elapsed()
+
+    def write(self) -> None:
+        """Stores the time so far (atomically: a kill mid-write leaves the previous one)."""
+        write_json_atomic(self.path, {"argv": self.argv, "seconds": round(self.total(), 1),
+                                      "processes": self.processes})
+
+    def remove(self) -> None:
+        """Drops the clock once the stage's record holds its time."""
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(CLOCK_PERIOD_S):
+            self.write()
+
+    def __enter__(self) -> "StageClock":
+        self.write()
+        self._beat.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._beat.join()
+        self.write()
+
+
+def read_clock(stage_dir: str) -> dict | None:
+    """A stage's clock (`StageClock`), or None where it has none."""
+    path = os.path.join(stage_dir, STAGE_CLOCK)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
@@ -184,7 +249,8 @@ def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
 
 
 def stage_times(out_dir: str) -> dict[str, float]:
-    """{stage: seconds} of every finished stage under `out_dir` (when it last ran)."""
+    """{stage: seconds} of every finished stage under `out_dir` (its last run, summed over the
+    processes it took when resumed)."""
     times = {}
     for record in sorted(glob.glob(os.path.join(out_dir, "**", STAGE_RECORD), recursive=True)):
         with open(record, encoding="utf-8") as f:
@@ -199,7 +265,7 @@ def runs_done(results_dir: str, targets: Sequence[str], methods: Sequence[str], 
 
 
 def write_stage_times(out_dir: str) -> dict[str, float]:
-    """Collects the wall time every stage under `out_dir` recorded (when it last ran) into
+    """Collects the wall time every stage under `out_dir` recorded (its last run) into
     `stage_times.json` and `stage_times.md`; returns {stage: seconds}."""
     times = stage_times(out_dir)
     write_json_atomic(os.path.join(out_dir, "stage_times.json"), times)

@@ -291,7 +291,11 @@ def study_status(configs: Sequence[pipeline.PipelineConfig], ablations: Sequence
     keys (every ablation for [], none for None)."""
     def runs(run_cfg: pipeline.PipelineConfig, results: str) -> str:
         done = pipeline.runs_done(results, run_cfg.targets, run_cfg.methods, run_cfg.num_query_sets)
-        return f"{done} of {len(run_cfg.targets) * len(run_cfg.methods) * run_cfg.num_query_sets} runs"
+        clock = pipeline.read_clock(results)
+        so_far = (f", {clock['seconds']:.0f} s so far in {clock['processes']} process"
+                  + ("es" if clock["processes"] > 1 else "")) if clock else ""
+        total = len(run_cfg.targets) * len(run_cfg.methods) * run_cfg.num_query_sets
+        return f"{done} of {total} runs{so_far}"
 
     lines = []
     for cfg in configs:

@@ -3,6 +3,7 @@ arguments are unchanged, runs again when either changes; failures are one-line e
 import dataclasses
 import json
 import os
+import time
 
 import bigbench_fixtures
 import pytest
@@ -43,6 +44,41 @@ def test_a_stage_is_skipped_while_its_output_exists_and_its_arguments_match(tmp_
     os.remove(out)
     assert pipeline.run_stage(str(tmp_path), "stage", ["make", "--more", out], out) is not None
     assert len(calls) == 3
+
+
+def test_a_resumed_stage_records_the_time_of_every_process_that_ran_it(tmp_path, monkeypatch):
+    out = str(tmp_path / "artifact")
+    killed = []
+
+    def killed_after_a_while(argv):  # the first process: runs, heartbeats, then is killed
+        time.sleep(0.35)
+        killed.append(pipeline.read_clock(str(tmp_path / "stage")))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "CLOCK_PERIOD_S", 0.1)
+    monkeypatch.setattr(cli, "main", killed_after_a_while)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_stage(str(tmp_path), "stage", ["make", out], out)
+    # While it ran, its clock held the time so far (rewritten every period).
+    assert killed[0]["processes"] == 1 and 0.2 <= killed[0]["seconds"] <= 0.35
+    assert not (tmp_path / "stage" / pipeline.STAGE_RECORD).exists()
+
+    def finishes(argv):
+        time.sleep(0.2)
+        with open(argv[-1], "w") as f:
+            f.write("done")
+        return 0
+
+    monkeypatch.setattr(cli, "main", finishes)
+    seconds = pipeline.run_stage(str(tmp_path), "stage", ["make", out], out)
+    record = json.loads((tmp_path / "stage" / pipeline.STAGE_RECORD).read_text())
+    assert record["processes"] == 2 and 0.2 <= record["last_process_seconds"] < 0.5
+    assert record["seconds"] == pytest.approx(seconds, abs=0.1) and 0.55 <= record["seconds"] < 1.0
+    assert pipeline.read_clock(str(tmp_path / "stage")) is None  # the record holds it now
+    # A run with other arguments starts its clock afresh.
+    os.remove(out)
+    pipeline.run_stage(str(tmp_path), "stage", ["make", "--more", out], out)
+    assert json.loads((tmp_path / "stage" / pipeline.STAGE_RECORD).read_text())["processes"] == 1
 
 
 def test_a_failing_stage_raises_and_records_nothing(tmp_path, calls):

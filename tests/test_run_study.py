@@ -129,11 +129,15 @@ def test_status_counts_finished_stages_runs_and_ablation_runs(tmp_path, monkeypa
     _write(study / "generalize", run_study.TABLE2[0], "recross", 4, 0.2)
     _write(study / "generalize", run_study.TABLE2[0], "recross", 5, 0.2)  # beyond 5 query sets
     _write(study / "ablations" / "Q____1", run_study.TABLE1[3], "recross", 1, 0.2)
+    # A stopped generalize stage: its clock holds the time of the processes that ran it.
+    clock = {"argv": [], "seconds": 3600.2, "processes": 3}
+    (study / "generalize" / run_study.pipeline.STAGE_CLOCK).write_text(json.dumps(clock))
     monkeypatch.setattr(sys, "argv", ["run_study.py", "--out", str(tmp_path / "study"), "--splits", "release",
                                       "--ablations", "--status"])
     run_study.main()
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1:3] == ["  upstream: done, 42 s", "  generalize: 2 of 375 runs"]
+    assert lines[1:3] == ["  upstream: done, 42 s",
+                          "  generalize: 2 of 375 runs, 3600 s so far in 3 processes"]
     assert "  ablation |Q| = 1: 1 of 20 runs" in lines and "  ablation µ = 3: 0 of 10 runs" in lines
     assert not (tmp_path / "study" / "control").exists()  # it ran nothing
 
