@@ -22,7 +22,7 @@ from typing import Sequence
 
 from recross_jax import cli, generalize, provenance, relearn_rate
 from recross_jax.errors import UserError
-from recross_jax.io_utils import write_json_atomic, write_text_atomic
+from recross_jax.io_utils import read_json, write_json_atomic, write_text_atomic
 
 STAGE_RECORD = ".stage.json"
 STAGE_CLOCK = ".stage_clock.json"  # a running or stopped stage's time so far
@@ -106,14 +106,15 @@ def run_stage(out_dir: str, name: str, argv: Sequence[str], done_marker: str) ->
         code = cli.main(argv)
     if code:
         raise UserError(f"stage {name} failed (exit code {code})")
-    write_json_atomic(record, {"argv": argv, "seconds": round(clock.total(), 1),
+    seconds = clock.total()
+    write_json_atomic(record, {"argv": argv, "seconds": round(seconds, 1),
                                "processes": clock.processes,
                                "last_process_seconds": round(clock.elapsed(), 1),
                                "environment": provenance.environment()})
     clock.remove()
-    print(f"=== {name}: {clock.total():.0f} s"
+    print(f"=== {name}: {seconds:.0f} s"
           + (f" over {clock.processes} processes" if clock.processes > 1 else "") + " ===", flush=True)
-    return clock.total()
+    return seconds
 
 
 class StageClock:
@@ -168,10 +169,7 @@ class StageClock:
 def read_clock(stage_dir: str) -> dict | None:
     """A stage's clock (`StageClock`), or None where it has none."""
     path = os.path.join(stage_dir, STAGE_CLOCK)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, "stage clock") if os.path.exists(path) else None
 
 
 def run(cfg: PipelineConfig, show_data: bool = True) -> dict:
